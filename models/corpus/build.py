@@ -1,0 +1,380 @@
+"""``scorestream corpus build``: engrave, synthesize and align a score collection.
+
+Output layout (one folder per piece, written atomically: ``piece.json`` is
+written last, so a piece folder without it is an interrupted build and is
+redone on resume)::
+
+    OUT/
+      corpus.json            settings of the build
+      manifest.tsv           one line per built piece
+      failed.tsv             pieces skipped, with the reason
+      splits.json            piece ids per split (train / valid / test)
+      stats.json             totals (pieces, pages, hours, aligned pairs)
+      pieces/<id>/
+        piece.json           metadata, engraving and performance styles
+        timing.json          onset events in performed order (score time) + note ids
+        e0_layout.json       pages: systems and notehead boxes (page pixels)
+        e0_page001.png ...   page images, 835 px wide, grayscale
+        e0_strip.png/.json   unrolled score strip and its system segments
+        p0.npz ...           performance: log spectrogram (float16, 20 fps x 92) + event onset times
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import random
+import re
+import signal
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scorestream.config import default_path, load_section
+
+from .scorefile import SCORE_SUFFIXES, ScoreError
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class TimbreConfig:
+    train: tuple[str, ...] = ("FluidR3_GM", "FluidR3Mono_GM", "TimGM6mb")
+    test: str = "MuseScore_General"
+    soundfonts: dict = field(default_factory=dict)
+
+
+@dataclass
+class CorpusConfig:
+    engravings: int = 1
+    performances: int = 2
+    max_pages: int = 40
+    timeout_s: int = 900
+    seed: int = 0
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    keyboard_only: bool = True
+
+
+def load_configs(path: str | Path | None = None) -> tuple[CorpusConfig, TimbreConfig]:
+    p = path or default_path("corpus")
+    return load_section(CorpusConfig, p, "corpus"), load_section(TimbreConfig, p, "timbres")
+
+
+@dataclass
+class PieceTask:
+    piece_id: str
+    source: str
+    group: str
+    split: str
+    out_dir: str
+    seed: int
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_")[:120]
+
+
+def _unit_hash(key: str, seed: int) -> float:
+    h = hashlib.sha1(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def split_of(group: str, cfg: CorpusConfig) -> str:
+    """Deterministic split by group (a work: its movements share one group)."""
+    u = _unit_hash(group, 12345)  # fixed: splits must not move when the build seed changes
+    if u < cfg.test_fraction:
+        return "test"
+    if u < cfg.test_fraction + cfg.valid_fraction:
+        return "valid"
+    return "train"
+
+
+def discover(sources: list[str | Path]) -> list[tuple[str, Path, str]]:
+    """(piece id, path, group) for every score file under the given folders/files."""
+    found = []
+    for src in sources:
+        src = Path(src)
+        if src.is_file():
+            files, root = [src], src.parent
+        elif src.is_dir():
+            files = sorted(p for p in src.rglob("*") if p.suffix.lower() in SCORE_SUFFIXES and p.is_file())
+            root = src
+        else:
+            raise FileNotFoundError(f"score source {src} does not exist")
+        tag = _slug(root.name)
+        for f in files:
+            rel = f.relative_to(root).with_suffix("")
+            pid = _slug(f"{tag}__{rel.as_posix().replace('/', '__')}")
+            # movements of a work: same folder and same stem up to a trailing movement marker
+            stem = re.sub(r"((?<=\d)[a-z]|[_-](\d{1,2}|mov(ement)?\d+))$", "", rel.name, flags=re.IGNORECASE) or rel.name
+            group = "/".join(x for x in (tag, rel.parent.as_posix(), stem) if x not in ("", "."))
+            found.append((pid, f, group))
+    ids = [p for p, _, _ in found]
+    if len(ids) != len(set(ids)):
+        seen, out = set(), []
+        for pid, f, g in found:
+            k, i = pid, 1
+            while k in seen:
+                i += 1
+                k = f"{pid}_{i}"
+            seen.add(k)
+            out.append((k, f, g))
+        found = out
+    return found
+
+
+# ---------------------------------------------------------------- worker side
+
+_TK = None
+
+
+def _toolkit():
+    global _TK
+    if _TK is None:
+        from .engrave import new_toolkit
+
+        _TK = new_toolkit()
+    return _TK
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):  # pragma: no cover - signal handler
+    raise _Timeout()
+
+
+def build_piece(task: PieceTask, cfg: CorpusConfig, timbres: TimbreConfig) -> dict:
+    """Build one piece folder. Returns a summary dict; raises on failure."""
+    from PIL import Image
+
+    from streamer.frontend import FrontEndConfig, spectrogram
+
+    from .engrave import EngravingStyle, load_score, parse_svg_layout, rasterize
+    from .perform import PerformanceStyle, perform, score_timing, style_json
+    from .scorefile import load_for_engraving
+    from .strip import unroll
+
+    t0 = time.time()
+    out = Path(task.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(task.seed)
+    text = load_for_engraving(task.source, keyboard=cfg.keyboard_only)
+    tk = _toolkit()
+    engravings = []
+    timing = None
+    n_pages_first = 0
+    for e in range(cfg.engravings):
+        style = EngravingStyle() if (task.split == "test" and e == 0) else EngravingStyle.random(rng)
+        n_pages = load_score(tk, text, style)
+        if n_pages > cfg.max_pages:
+            raise ScoreError(f"{n_pages} pages (more than max_pages={cfg.max_pages})")
+        if timing is None:
+            timing = score_timing(tk)
+            n_pages_first = n_pages
+        pages, layouts = [], []
+        for p in range(1, n_pages + 1):
+            svg = tk.renderToSVG(p)
+            lay = parse_svg_layout(svg)
+            img = rasterize(svg)
+            Image.fromarray(img).save(out / f"e{e}_page{p:03d}.png", optimize=False, compress_level=6)
+            pages.append(img)
+            layouts.append(lay)
+        strip = unroll(pages, [[(s.x0, s.y0, s.x1, s.y1, s.staff_space) for s in lay.systems] for lay in layouts])
+        Image.fromarray(strip.image).save(out / f"e{e}_strip.png")
+        (out / f"e{e}_strip.json").write_text(json.dumps(strip.to_json()))
+        (out / f"e{e}_layout.json").write_text(json.dumps({"style": asdict(style), "pages": [l.to_json() for l in layouts]}))
+        known = set()
+        for l in layouts:
+            known.update(l.notes)
+        ids = [i for ev in timing.event_ids for i in ev]
+        coverage = sum(i in known for i in ids) / max(1, len(ids))
+        engravings.append({"name": f"e{e}", "style": asdict(style), "pages": n_pages, "staff_space_px": float(np.median([l.staff_space for l in layouts])),
+                           "strip_width": int(strip.image.shape[1]), "note_coverage": round(coverage, 4)})
+    assert timing is not None
+    (out / "timing.json").write_text(json.dumps(timing.to_json()))
+
+    fe = FrontEndConfig()
+    performances = []
+    workdir = out
+    for j in range(cfg.performances):
+        if task.split == "test" and j == 0:
+            style = PerformanceStyle.plain(timbres.test, seed=rng.randrange(2**31))
+        else:
+            style = PerformanceStyle.random(rng, rng.choice(list(timbres.train)))
+        sf = timbres.soundfonts.get(style.timbre)
+        if not sf:
+            raise RuntimeError(f"no soundfont configured for timbre {style.timbre!r}")
+        audio, onsets = perform(timing, style, sf, workdir)
+        spec = spectrogram(audio, fe)
+        np.savez(out / f"p{j}.npz", spec=spec.astype(np.float16), onsets=onsets.astype(np.float32))
+        frames = np.unique(np.round(onsets * fe.fps).astype(int))
+        performances.append({"name": f"p{j}", "style": style_json(style), "duration_s": round(len(audio) / fe.sample_rate, 3),
+                             "frames": int(spec.shape[0]), "onset_frames": int(len(frames))})
+    meta = {
+        "id": task.piece_id, "source": task.source, "group": task.group, "split": task.split,
+        "pages": n_pages_first, "events": int(len(timing.event_times)), "notes": len(timing.notes),
+        "engravings": engravings, "performances": performances, "build_seconds": round(time.time() - t0, 2),
+    }
+    tmp = out / "piece.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, out / "piece.json")
+    return meta
+
+
+def _worker_entry(task: PieceTask, cfg: CorpusConfig, timbres: TimbreConfig) -> tuple[str, dict | None, str | None]:
+    """Runs in a spawned worker: never raises, returns (id, meta, error)."""
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(max(1, int(cfg.timeout_s)))
+    try:
+        return task.piece_id, build_piece(task, cfg, timbres), None
+    except _Timeout:
+        return task.piece_id, None, f"timed out after {cfg.timeout_s} s"
+    except (ScoreError, RuntimeError, ValueError, OSError, KeyError, IndexError) as exc:
+        return task.piece_id, None, f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a broken file must never stop the build
+        tb = traceback.format_exc(limit=3).replace("\n", " | ")
+        return task.piece_id, None, f"{type(exc).__name__}: {exc} [{tb[-300:]}]"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+# ---------------------------------------------------------------- driver side
+
+def _read_tsv_ids(path: Path) -> set[str]:
+    if not path.is_file():
+        return set()
+    return {line.split("\t", 1)[0] for line in path.read_text().splitlines()[1:] if line}
+
+
+def build(sources: list[str | Path], out: str | Path, workers: int = 2, limit: int | None = None,
+          config: str | Path | None = None, retry_failed: bool = False, progress: bool = True) -> dict:
+    """Build (or resume) a corpus. Returns the stats dict."""
+    from tqdm import tqdm
+
+    cfg, timbres = load_configs(config)
+    for name in set(timbres.train) | {timbres.test}:
+        sf = timbres.soundfonts.get(name)
+        if not sf or not Path(sf).is_file():
+            raise FileNotFoundError(f"soundfont for timbre {name!r} not found ({sf}); run scripts/setup.sh to install the Debian soundfonts")
+    out = Path(out)
+    (out / "pieces").mkdir(parents=True, exist_ok=True)
+    found = discover(sources)
+    rng = random.Random(cfg.seed)
+    rng.shuffle(found)  # partial builds still cover every corpus and split
+    if limit is not None:
+        found = found[:limit]
+    (out / "corpus.json").write_text(json.dumps({"sources": [str(s) for s in sources], "config": asdict(cfg), "timbres": asdict(timbres)}, indent=1))
+
+    failed_path = out / "failed.tsv"
+    failed = _read_tsv_ids(failed_path)
+    if retry_failed and failed_path.exists():
+        failed_path.unlink()
+        failed = set()
+    if not failed_path.exists():
+        failed_path.write_text("piece\tsource\treason\n")
+    tasks = []
+    done = 0
+    for pid, path, group in found:
+        pdir = out / "pieces" / pid
+        if (pdir / "piece.json").is_file():
+            done += 1
+            continue
+        if pid in failed:
+            continue
+        tasks.append(PieceTask(pid, str(path), group, split_of(group, cfg), str(pdir), int(_unit_hash(pid, cfg.seed) * 2**31)))
+    print(f"{len(found)} scores found: {done} already built, {len(failed)} failed earlier, {len(tasks)} to build with {workers} worker(s)", file=sys.stderr)
+
+    bar = tqdm(total=len(found), initial=done, disable=not progress, unit="piece", dynamic_ncols=True, file=sys.stderr)
+    n_fail = 0
+    ctx = mp.get_context("spawn")  # verovio is not fork-safe
+    pending = list(reversed(tasks))
+    while pending:
+        with cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, max_tasks_per_child=200) as pool:
+            inflight: dict[cf.Future, PieceTask] = {}
+            try:
+                while pending or inflight:
+                    while pending and len(inflight) < 2 * max(1, workers):
+                        t = pending.pop()
+                        inflight[pool.submit(_worker_entry, t, cfg, timbres)] = t
+                    finished, _ = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
+                    for fut in finished:
+                        t = inflight.pop(fut)
+                        pid, meta, err = fut.result()
+                        if err:
+                            n_fail += 1
+                            with failed_path.open("a") as f:
+                                f.write(f"{pid}\t{t.source}\t{err.replace(chr(9), ' ').replace(chr(10), ' ')}\n")
+                        bar.update(1)
+                        bar.set_postfix(failed=n_fail)
+            except cf.process.BrokenProcessPool:
+                # a worker died (segfault, OOM): record the pieces it may have held and start afresh
+                for fut, t in inflight.items():
+                    with failed_path.open("a") as f:
+                        f.write(f"{t.piece_id}\t{t.source}\tworker process crashed\n")
+                    n_fail += 1
+                    bar.update(1)
+                inflight.clear()
+    bar.close()
+    stats = write_index(out)
+    print(format_stats(stats), file=sys.stderr)
+    return stats
+
+
+def write_index(out: str | Path) -> dict:
+    """(Re)write manifest.tsv, splits.json and stats.json from the piece folders."""
+    out = Path(out)
+    rows, splits = [], {s: [] for s in SPLITS}
+    stats = {"pieces": 0, "pages": 0, "engraved_pages": 0, "audio_hours": 0.0, "aligned_pairs": 0, "events": 0, "notes": 0,
+             "by_split": {s: {"pieces": 0, "audio_hours": 0.0, "aligned_pairs": 0} for s in SPLITS}, "timbres": {}}
+    for pj in sorted((out / "pieces").glob("*/piece.json")):
+        m = json.loads(pj.read_text())
+        hours = sum(p["duration_s"] for p in m["performances"]) / 3600
+        pairs = sum(p["onset_frames"] for p in m["performances"])
+        stats["pieces"] += 1
+        stats["pages"] += m["pages"]
+        stats["engraved_pages"] += sum(e["pages"] for e in m["engravings"])
+        stats["audio_hours"] += hours
+        stats["aligned_pairs"] += pairs
+        stats["events"] += m["events"]
+        stats["notes"] += m["notes"]
+        b = stats["by_split"][m["split"]]
+        b["pieces"] += 1
+        b["audio_hours"] += hours
+        b["aligned_pairs"] += pairs
+        for p in m["performances"]:
+            stats["timbres"][p["style"]["timbre"]] = stats["timbres"].get(p["style"]["timbre"], 0) + 1
+        splits[m["split"]].append(m["id"])
+        rows.append(f"{m['id']}\t{m['split']}\t{m['pages']}\t{hours * 3600:.1f}\t{pairs}\t{m['source']}")
+    failed = _read_tsv_ids(out / "failed.tsv")
+    stats["failed"] = len(failed)
+    stats["audio_hours"] = round(stats["audio_hours"], 3)
+    for b in stats["by_split"].values():
+        b["audio_hours"] = round(b["audio_hours"], 3)
+    (out / "manifest.tsv").write_text("piece\tsplit\tpages\tduration_s\taligned_pairs\tsource\n" + "\n".join(rows) + ("\n" if rows else ""))
+    (out / "splits.json").write_text(json.dumps(splits, indent=1))
+    (out / "stats.json").write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+def format_stats(stats: dict) -> str:
+    lines = [
+        "| corpus | pieces | score pages | audio hours | aligned pairs |",
+        "|---|---:|---:|---:|---:|",
+        f"| this build | {stats['pieces']} | {stats['pages']} | {stats['audio_hours']:.2f} | {stats['aligned_pairs']:,} |",
+    ]
+    for s, b in stats["by_split"].items():
+        lines.append(f"| · {s} | {b['pieces']} | | {b['audio_hours']:.2f} | {b['aligned_pairs']:,} |")
+    lines.append("| MSMD (paper) | 479 | 1,129 | ~15 | 344,742 |")
+    lines.append(f"\nfailed/skipped: {stats.get('failed', 0)} (see failed.tsv); timbres: {stats['timbres']}")
+    return "\n".join(lines)

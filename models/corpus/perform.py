@@ -1,0 +1,313 @@
+"""From an engraved score to a synthetic performance with exact note timing.
+
+Verovio's timemap lists, in performed order (repeats and voltas unfolded),
+which note ids start at which score time; its MIDI export holds the sounding
+notes (ties merged).  We keep the timemap events that start a sounding note,
+warp score time with a smooth random tempo curve (rubato), write our own MIDI
+and let fluidsynth play it.  Because we write the MIDI, every onset time in
+the audio is known exactly: that is the alignment.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import wave
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .scorefile import ScoreError
+
+SAMPLE_RATE = 22050
+_REND = re.compile(r"-rend\d+$")
+
+
+def base_id(note_id: str) -> str:
+    """Id of the engraved note a (possibly repeated) timemap id refers to."""
+    return _REND.sub("", note_id)
+
+
+@dataclass
+class Note:
+    onset: float  # seconds, score time
+    offset: float
+    pitch: int
+    event: int  # index into the onset-event list
+
+
+@dataclass
+class ScoreTiming:
+    """Onset events in performed order, score time (nominal tempo)."""
+
+    event_times: np.ndarray  # (E,) seconds
+    event_ids: list[list[str]]  # engraved (base) note ids starting at each event
+    notes: list[Note]
+    measure_times: np.ndarray  # seconds, measure starts in performed order
+
+    def to_json(self) -> dict:
+        return {
+            "event_times": [round(float(t), 4) for t in self.event_times],
+            "event_ids": self.event_ids,
+            "measure_times": [round(float(t), 4) for t in self.measure_times],
+            "notes": [[round(n.onset, 4), round(n.offset, 4), n.pitch, n.event] for n in self.notes],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ScoreTiming":
+        notes = [Note(a, b, int(p), int(e)) for a, b, p, e in d["notes"]]
+        return cls(np.asarray(d["event_times"], float), d["event_ids"], notes, np.asarray(d["measure_times"], float))
+
+
+def _midi_notes(midi_b64: str) -> list[tuple[float, float, int]]:
+    """(onset s, offset s, pitch) of every sounding note in verovio's MIDI."""
+    import mido
+
+    mf = mido.MidiFile(file=io.BytesIO(base64.b64decode(midi_b64)))
+    t = 0.0
+    active: dict[tuple[int, int], list[float]] = {}
+    out = []
+    for msg in mf:
+        t += msg.time
+        if msg.type == "note_on" and msg.velocity > 0:
+            active.setdefault((msg.channel, msg.note), []).append(t)
+        elif msg.type in ("note_off", "note_on"):
+            starts = active.get((msg.channel, msg.note))
+            if starts:
+                out.append((starts.pop(0), t, msg.note))
+    return sorted(out)
+
+
+def score_timing(tk) -> ScoreTiming:
+    """Performed-order onset events of the score loaded in ``tk``."""
+    timemap = tk.renderToTimemap({"includeMeasures": True, "includeRests": False})
+    midi = _midi_notes(tk.renderToMIDI())
+    if not midi:
+        raise ScoreError("score has no sounding notes")
+    # sounding onsets by (ms, pitch) to tell note starts from tie continuations
+    sounding: dict[tuple[int, int], list[tuple[float, float, int]]] = {}
+    for on, off, p in midi:
+        sounding.setdefault((int(round(on * 1000)), p), []).append((on, off, p))
+    event_times, event_ids, notes, measures = [], [], [], []
+    for entry in timemap:
+        ms = entry.get("tstamp", 0.0)
+        if "measureOn" in entry:
+            measures.append(ms / 1000.0)
+        ids = []
+        for nid in entry.get("on", []):
+            pitch = tk.getMIDIValuesForElement(nid).get("pitch", -1)
+            key = None
+            for d in (0, -1, 1, -2, 2):
+                if sounding.get((int(round(ms)) + d, pitch)):
+                    key = (int(round(ms)) + d, pitch)
+                    break
+            if key is None:
+                continue  # tie continuation or unpitched: no new onset
+            on, off, p = sounding[key].pop(0)
+            notes.append(Note(on, off, p, len(event_times)))
+            ids.append(base_id(nid))
+        if ids:
+            event_times.append(ms / 1000.0)
+            event_ids.append(ids)
+    if not event_times:
+        raise ScoreError("no onset in the score's timemap")
+    return ScoreTiming(np.asarray(event_times), event_ids, notes, np.asarray(measures))
+
+
+@dataclass
+class PerformanceStyle:
+    """How one synthetic pianist plays: instrument, tempo, rubato, pedal, room."""
+
+    timbre: str
+    program: int = 0
+    tempo: float = 1.0  # global factor, > 1 is faster
+    rubato: float = 0.0  # std of log tempo deviations
+    rubato_period: float = 3.0  # seconds of score time between tempo knots
+    velocity: int = 72
+    velocity_spread: int = 12
+    asynchrony_ms: float = 0.0
+    pedal: bool = False
+    reverb_rt60: float = 0.0  # seconds, 0 = dry
+    reverb_wet: float = 0.0
+    noise_snr_db: float = 0.0  # 0 = no noise
+    seed: int = 0
+
+    @classmethod
+    def random(cls, rng: random.Random, timbre: str) -> "PerformanceStyle":
+        wet = rng.random() < 0.5
+        return cls(
+            timbre=timbre,
+            program=rng.choice((0, 0, 0, 1)),
+            tempo=round(rng.uniform(0.9, 1.1), 3),
+            rubato=round(rng.uniform(0.0, 0.12), 3),
+            rubato_period=round(rng.uniform(1.5, 5.0), 2),
+            velocity=rng.randint(55, 95),
+            velocity_spread=rng.randint(4, 18),
+            asynchrony_ms=round(rng.uniform(0.0, 15.0), 1),
+            pedal=rng.random() < 0.5,
+            reverb_rt60=round(rng.uniform(0.3, 1.5), 2) if wet else 0.0,
+            reverb_wet=round(rng.uniform(0.1, 0.4), 2) if wet else 0.0,
+            noise_snr_db=round(rng.uniform(20, 45), 1) if rng.random() < 0.4 else 0.0,
+            seed=rng.randrange(2**31),
+        )
+
+    @classmethod
+    def plain(cls, timbre: str, seed: int = 0) -> "PerformanceStyle":
+        """Metronomic, dry, tempo 1.0: the paper's test condition."""
+        return cls(timbre=timbre, seed=seed)
+
+
+def tempo_warp(score_end: float, style: PerformanceStyle) -> tuple[np.ndarray, np.ndarray]:
+    """Grid (score seconds) and performance seconds for a smooth random tempo curve.
+
+    Local tempo = global tempo x exp(smooth noise); performance time is the
+    integral of 1/tempo, so it is strictly increasing and onset order is kept.
+    """
+    rng = np.random.default_rng(style.seed)
+    grid = np.arange(0.0, score_end + 1.0, 0.01)
+    if style.rubato > 0:
+        knots_t = np.arange(0.0, score_end + 2 * style.rubato_period, style.rubato_period)
+        knots_v = rng.normal(0.0, style.rubato, size=len(knots_t))
+        # occasional phrase-end ritardando
+        knots_v -= np.where(rng.random(len(knots_t)) < 0.1, style.rubato * 2, 0.0)
+        from scipy.interpolate import CubicSpline
+
+        log_tempo = CubicSpline(knots_t, knots_v)(grid) if len(knots_t) > 3 else np.interp(grid, knots_t, knots_v)
+    else:
+        log_tempo = np.zeros_like(grid)
+    local = style.tempo * np.exp(np.clip(log_tempo, -0.5, 0.5))
+    perf = np.concatenate([[0.0], np.cumsum(0.01 / local[:-1])])
+    return grid, perf
+
+
+def performed_times(timing: ScoreTiming, style: PerformanceStyle) -> tuple[np.ndarray, list[tuple[float, float, int, int]]]:
+    """Event onset times in the performance, and the notes to play (on, off, pitch, velocity)."""
+    end = max(max(n.offset for n in timing.notes), float(timing.event_times[-1]))
+    grid, perf = tempo_warp(end, style)
+    warp = lambda t: np.interp(t, grid, perf)  # noqa: E731
+    rng = np.random.default_rng(style.seed + 1)
+    ev_perf = warp(timing.event_times)
+    # a slow loudness curve plus per-note jitter
+    dyn_t = np.arange(0, end + 8, 4.0)
+    dyn = rng.normal(0, style.velocity_spread * 0.6, len(dyn_t))
+    played = []
+    for n in timing.notes:
+        on = float(ev_perf[n.event]) + (rng.normal(0, style.asynchrony_ms / 1000) if style.asynchrony_ms else 0.0)
+        off = float(warp(n.offset))
+        on = max(on, 0.0)
+        off = max(off, on + 0.03)
+        vel = style.velocity + np.interp(n.onset, dyn_t, dyn) + rng.normal(0, style.velocity_spread * 0.4)
+        played.append((on, off, n.pitch, int(np.clip(round(vel), 15, 127))))
+    return ev_perf, played
+
+
+def write_midi(path: str | Path, notes: list[tuple[float, float, int, int]], program: int = 0, pedal_times: np.ndarray | None = None) -> None:
+    """A one-track MIDI file at 120 bpm (1 beat = 0.5 s) so seconds map to ticks exactly."""
+    import mido
+
+    tpb = 960
+    to_tick = lambda s: int(round(s * 2 * tpb))  # noqa: E731
+    events = []
+    for on, off, p, v in notes:
+        events.append((to_tick(on), 1, mido.Message("note_on", note=p, velocity=v, channel=0)))
+        events.append((to_tick(off), 0, mido.Message("note_off", note=p, velocity=0, channel=0)))
+    if pedal_times is not None and len(pedal_times):
+        for t in pedal_times:
+            events.append((to_tick(max(t - 0.02, 0)), 0, mido.Message("control_change", control=64, value=0, channel=0)))
+            events.append((to_tick(t + 0.08), 2, mido.Message("control_change", control=64, value=100, channel=0)))
+    events.sort(key=lambda e: (e[0], e[1]))
+    mf = mido.MidiFile(ticks_per_beat=tpb)
+    tr = mido.MidiTrack()
+    mf.tracks.append(tr)
+    tr.append(mido.MetaMessage("set_tempo", tempo=500000, time=0))
+    tr.append(mido.Message("program_change", program=program, channel=0, time=0))
+    last = 0
+    for tick, _, msg in events:
+        tr.append(msg.copy(time=tick - last))
+        last = tick
+    tr.append(mido.Message("control_change", control=64, value=0, channel=0, time=tpb))
+    mf.save(str(path))
+
+
+def fluidsynth_available() -> bool:
+    return shutil.which("fluidsynth") is not None
+
+
+def render_midi(midi_path: str | Path, soundfont: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Play a MIDI file through fluidsynth; mono float32 at ``sample_rate``."""
+    if not fluidsynth_available():
+        raise RuntimeError("the 'fluidsynth' program is missing: run scripts/setup.sh (Debian package fluidsynth)")
+    if not Path(soundfont).is_file():
+        raise RuntimeError(f"soundfont {soundfont} not found: run scripts/setup.sh")
+    fd, wav_path = tempfile.mkstemp(suffix=".wav")
+    os.close(fd)
+    try:
+        cmd = [
+            "fluidsynth", "-ni", "-q", "-g", "0.5", "-r", str(sample_rate),
+            "-o", "synth.reverb.active=0", "-o", "synth.chorus.active=0",
+            "-F", wav_path, str(soundfont), str(midi_path),
+        ]
+        res = subprocess.run(cmd, capture_output=True, timeout=1800)
+        if res.returncode != 0:
+            raise RuntimeError(f"fluidsynth failed: {res.stderr.decode(errors='replace')[-500:]}")
+        with wave.open(wav_path) as w:
+            ch, sw, sr = w.getnchannels(), w.getsampwidth(), w.getframerate()
+            raw = w.readframes(w.getnframes())
+        if sw != 2 or sr != sample_rate:
+            raise RuntimeError(f"unexpected fluidsynth output ({sw * 8} bit, {sr} Hz)")
+        x = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+        return x.reshape(-1, ch).mean(axis=1)
+    finally:
+        os.unlink(wav_path)
+
+
+def room(audio: np.ndarray, style: PerformanceStyle, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Synthetic room reverb (exponentially decaying noise) and background noise."""
+    rng = np.random.default_rng(style.seed + 2)
+    y = audio
+    if style.reverb_rt60 > 0 and style.reverb_wet > 0:
+        from scipy.signal import fftconvolve
+
+        n = int(style.reverb_rt60 * sample_rate)
+        t = np.arange(n) / sample_rate
+        ir = rng.normal(0, 1, n) * np.exp(-6.9 * t / style.reverb_rt60)
+        ir[: int(0.005 * sample_rate)] *= np.linspace(0, 1, int(0.005 * sample_rate))  # soft pre-delay
+        ir /= np.sqrt(np.sum(ir**2)) + 1e-9
+        wet = fftconvolve(audio, ir)[: len(audio)]
+        y = (1 - style.reverb_wet) * audio + style.reverb_wet * wet
+    if style.noise_snr_db > 0:
+        p = np.mean(y**2) + 1e-12
+        noise = rng.normal(0, 1, len(y))
+        # pinkish: smooth white noise a little
+        noise = np.convolve(noise, np.ones(4) / 4, mode="same")
+        noise *= np.sqrt(p / (np.mean(noise**2) * 10 ** (style.noise_snr_db / 10)))
+        y = y + noise
+    peak = np.max(np.abs(y)) + 1e-9
+    return (y / peak * 0.9).astype(np.float32)
+
+
+def perform(timing: ScoreTiming, style: PerformanceStyle, soundfont: str | Path, workdir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Synthesize one performance. Returns (audio at 22050 Hz, event onset times in seconds)."""
+    ev_perf, played = performed_times(timing, style)
+    pedal = None
+    if style.pedal and len(timing.measure_times):
+        grid, perf = tempo_warp(float(timing.measure_times[-1]) + 1, style)
+        pedal = np.interp(timing.measure_times, grid, perf)
+    mid = Path(workdir) / f"perf_{style.seed}.mid"
+    write_midi(mid, played, style.program, pedal)
+    try:
+        audio = render_midi(mid, soundfont)
+    finally:
+        mid.unlink(missing_ok=True)
+    return room(audio, style), ev_perf
+
+
+def style_json(style: PerformanceStyle) -> dict:
+    return asdict(style)

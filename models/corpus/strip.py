@@ -1,0 +1,97 @@
+"""The "unrolled score": staff systems cut out of their pages and laid side by side.
+
+Audio is one long line in time; a score is folded into systems and pages.
+Unrolling it into one horizontal strip of fixed height lets the model (and
+the tracker) treat the sheet as a 1-D sequence too.  Every system is scaled so
+that its staff space is ``staff_space`` pixels, which makes strips from
+different engravings, scans and zoom levels look alike to the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+
+STRIP_HEIGHT = 200
+STAFF_SPACE = 7.2  # px; verovio's default at an 835 px wide page
+
+
+@dataclass
+class Segment:
+    """Where one system of one page sits in the strip."""
+
+    page: int
+    system: int
+    src_x0: float  # page pixels of the crop
+    src_y_centre: float
+    scale: float  # strip px per page px
+    strip_x0: int
+    width: int
+
+    def page_to_strip(self, x: float, y: float) -> tuple[float, float]:
+        return self.strip_x0 + (x - self.src_x0) * self.scale, STRIP_HEIGHT / 2 + (y - self.src_y_centre) * self.scale
+
+    def strip_to_page(self, sx: float, sy: float = STRIP_HEIGHT / 2) -> tuple[float, float]:
+        return self.src_x0 + (sx - self.strip_x0) / self.scale, self.src_y_centre + (sy - STRIP_HEIGHT / 2) / self.scale
+
+
+@dataclass
+class Strip:
+    image: np.ndarray  # uint8 (STRIP_HEIGHT, W), white = 255
+    segments: list[Segment]
+    staff_space: float = STAFF_SPACE
+
+    def to_json(self) -> dict:
+        return {"height": STRIP_HEIGHT, "width": int(self.image.shape[1]), "staff_space": self.staff_space, "segments": [asdict(s) for s in self.segments]}
+
+    @staticmethod
+    def segments_from_json(d: dict) -> list[Segment]:
+        return [Segment(**s) for s in d["segments"]]
+
+    def segment_at(self, strip_x: float) -> Segment:
+        """The system segment that covers strip column ``strip_x`` (clamped)."""
+        starts = np.array([s.strip_x0 for s in self.segments])
+        i = int(np.clip(np.searchsorted(starts, strip_x, side="right") - 1, 0, len(self.segments) - 1))
+        return self.segments[i]
+
+
+def unroll(pages: list[np.ndarray], systems: list[list[tuple[float, float, float, float, float]]], staff_space: float = STAFF_SPACE) -> Strip:
+    """Cut every system (x0, y0, x1, y1, staff space; page pixels) and concatenate.
+
+    ``systems[p]`` lists page ``p``'s systems top to bottom.  Each crop spans
+    the system's staff lines horizontally (plus a little margin) and
+    ``STRIP_HEIGHT`` strip pixels vertically around the system's centre line.
+    """
+    cols = []
+    segments = []
+    x = 0
+    for p, (img, page_systems) in enumerate(zip(pages, systems)):
+        h, w = img.shape
+        for k, (x0, y0, x1, y1, ss) in enumerate(page_systems):
+            scale = staff_space / ss if ss > 0 else 1.0
+            yc = (y0 + y1) / 2
+            half = STRIP_HEIGHT / 2 / scale
+            cx0 = max(0.0, x0 - 1.5 * ss)
+            cx1 = min(float(w), x1 + 0.5 * ss)
+            top, bottom = int(np.floor(yc - half)), int(np.ceil(yc + half))
+            crop = np.full((bottom - top, int(np.ceil(cx1)) - int(cx0)), 255, np.uint8)
+            st, sb = max(top, 0), min(bottom, h)
+            if sb > st:
+                crop[st - top : sb - top] = img[st:sb, int(cx0) : int(np.ceil(cx1))]
+            out_w = max(1, int(round(crop.shape[1] * scale)))
+            out_h = max(1, int(round(crop.shape[0] * scale)))
+            resized = np.asarray(Image.fromarray(crop).resize((out_w, out_h), Image.Resampling.BILINEAR))
+            # exact vertical placement: row of the centre line must land on STRIP_HEIGHT/2
+            off = int(round((yc - top) * scale - STRIP_HEIGHT / 2))
+            col = np.full((STRIP_HEIGHT, out_w), 255, np.uint8)
+            a, b = max(off, 0), min(off + STRIP_HEIGHT, out_h)
+            if b > a:
+                col[a - off : b - off] = resized[a:b]
+            cols.append(col)
+            segments.append(Segment(p, k, int(cx0), yc, scale * (out_w / (crop.shape[1] * scale)), x, out_w))
+            x += out_w
+    if not cols:
+        raise ValueError("no system to unroll")
+    return Strip(np.concatenate(cols, axis=1), segments, staff_space)
