@@ -28,6 +28,7 @@ import multiprocessing as mp
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 import time
@@ -235,18 +236,21 @@ def _worker_entry(task: PieceTask, cfg: CorpusConfig, timbres: TimbreConfig) -> 
     """Runs in a spawned worker: never raises, returns (id, meta, error)."""
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(max(1, int(cfg.timeout_s)))
+    err = None
     try:
         return task.piece_id, build_piece(task, cfg, timbres), None
     except _Timeout:
-        return task.piece_id, None, f"timed out after {cfg.timeout_s} s"
+        err = f"timed out after {cfg.timeout_s} s"
     except (ScoreError, RuntimeError, ValueError, OSError, KeyError, IndexError) as exc:
-        return task.piece_id, None, f"{type(exc).__name__}: {exc}"
+        err = f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # noqa: BLE001 - a broken file must never stop the build
         tb = traceback.format_exc(limit=3).replace("\n", " | ")
-        return task.piece_id, None, f"{type(exc).__name__}: {exc} [{tb[-300:]}]"
+        err = f"{type(exc).__name__}: {exc} [{tb[-300:]}]"
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+    shutil.rmtree(task.out_dir, ignore_errors=True)  # no half-built piece folder is left behind
+    return task.piece_id, None, err
 
 
 # ---------------------------------------------------------------- driver side
