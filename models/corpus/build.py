@@ -206,7 +206,6 @@ def build_piece(task: PieceTask, cfg: CorpusConfig, timbres: TimbreConfig) -> di
 
     fe = FrontEndConfig()
     performances = []
-    workdir = out
     for j in range(cfg.performances):
         if task.split == "test" and j == 0:
             style = PerformanceStyle.plain(timbres.test, seed=rng.randrange(2**31))
@@ -215,7 +214,7 @@ def build_piece(task: PieceTask, cfg: CorpusConfig, timbres: TimbreConfig) -> di
         sf = timbres.soundfonts.get(style.timbre)
         if not sf:
             raise RuntimeError(f"no soundfont configured for timbre {style.timbre!r}")
-        audio, onsets = perform(timing, style, sf, workdir)
+        audio, onsets = perform(timing, style, sf)
         spec = spectrogram(audio, fe)
         np.savez(out / f"p{j}.npz", spec=spec.astype(np.float16), onsets=onsets.astype(np.float32))
         frames = np.unique(np.round(onsets * fe.fps).astype(int))

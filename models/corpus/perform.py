@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import random
 import re
-import shutil
-import subprocess
-import tempfile
-import wave
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -236,38 +231,6 @@ def write_midi(path: str | Path, notes: list[tuple[float, float, int, int]], pro
     mf.save(str(path))
 
 
-def fluidsynth_available() -> bool:
-    return shutil.which("fluidsynth") is not None
-
-
-def render_midi(midi_path: str | Path, soundfont: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Play a MIDI file through fluidsynth; mono float32 at ``sample_rate``."""
-    if not fluidsynth_available():
-        raise RuntimeError("the 'fluidsynth' program is missing: run scripts/setup.sh (Debian package fluidsynth)")
-    if not Path(soundfont).is_file():
-        raise RuntimeError(f"soundfont {soundfont} not found: run scripts/setup.sh")
-    fd, wav_path = tempfile.mkstemp(suffix=".wav")
-    os.close(fd)
-    try:
-        cmd = [
-            "fluidsynth", "-ni", "-q", "-g", "0.5", "-r", str(sample_rate),
-            "-o", "synth.reverb.active=0", "-o", "synth.chorus.active=0",
-            "-F", wav_path, str(soundfont), str(midi_path),
-        ]
-        res = subprocess.run(cmd, capture_output=True, timeout=1800)
-        if res.returncode != 0:
-            raise RuntimeError(f"fluidsynth failed: {res.stderr.decode(errors='replace')[-500:]}")
-        with wave.open(wav_path) as w:
-            ch, sw, sr = w.getnchannels(), w.getsampwidth(), w.getframerate()
-            raw = w.readframes(w.getnframes())
-        if sw != 2 or sr != sample_rate:
-            raise RuntimeError(f"unexpected fluidsynth output ({sw * 8} bit, {sr} Hz)")
-        x = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
-        return x.reshape(-1, ch).mean(axis=1)
-    finally:
-        os.unlink(wav_path)
-
-
 def room(audio: np.ndarray, style: PerformanceStyle, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Synthetic room reverb (exponentially decaying noise) and background noise."""
     rng = np.random.default_rng(style.seed + 2)
@@ -293,19 +256,84 @@ def room(audio: np.ndarray, style: PerformanceStyle, sample_rate: int = SAMPLE_R
     return (y / peak * 0.9).astype(np.float32)
 
 
-def perform(timing: ScoreTiming, style: PerformanceStyle, soundfont: str | Path, workdir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+class FluidRenderer:
+    """Plays note lists through libfluidsynth in-process.
+
+    Loading a soundfont costs up to seconds (the .sf3 ones decode Ogg
+    samples); a corpus worker keeps one synth per soundfont alive and renders
+    performance after performance with it, several hundred times real time.
+    """
+
+    def __init__(self, sample_rate: int = SAMPLE_RATE):
+        self.sample_rate = sample_rate
+        self._synths: dict[str, tuple[object, int]] = {}
+
+    def _synth(self, soundfont: str | Path):
+        key = str(soundfont)
+        if key not in self._synths:
+            try:
+                import fluidsynth
+            except (ImportError, OSError) as exc:
+                raise RuntimeError("pyfluidsynth/libfluidsynth missing: run scripts/setup.sh") from exc
+            if not Path(soundfont).is_file():
+                raise RuntimeError(f"soundfont {soundfont} not found: run scripts/setup.sh")
+            syn = fluidsynth.Synth(samplerate=float(self.sample_rate), gain=0.6)
+            syn.setting("synth.reverb.active", 0)
+            syn.setting("synth.chorus.active", 0)
+            sfid = syn.sfload(str(soundfont))
+            if sfid < 0:
+                raise RuntimeError(f"fluidsynth could not load {soundfont}")
+            self._synths[key] = (syn, sfid)
+        return self._synths[key]
+
+    def render(self, notes: list[tuple[float, float, int, int]], soundfont: str | Path, program: int = 0,
+               pedal_times: np.ndarray | None = None, tail: float = 1.5) -> np.ndarray:
+        """Mono float32 audio of ``notes`` (on s, off s, pitch, velocity)."""
+        syn, sfid = self._synth(soundfont)
+        syn.system_reset()
+        syn.program_select(0, sfid, 0, program)
+        events = []  # (sample, order, kind, a, b): offs before ons at equal times
+        sr = self.sample_rate
+        for on, off, p, v in notes:
+            events.append((int(round(on * sr)), 2, "on", p, v))
+            events.append((int(round(off * sr)), 1, "off", p, 0))
+        if pedal_times is not None:
+            for t in pedal_times:
+                events.append((int(round(max(t - 0.02, 0) * sr)), 0, "cc", 64, 0))
+                events.append((int(round((t + 0.08) * sr)), 3, "cc", 64, 100))
+        events.sort()
+        chunks, pos = [], 0
+        for at, _, kind, a, b in events:
+            if at > pos:
+                chunks.append(syn.get_samples(at - pos))
+                pos = at
+            if kind == "on":
+                syn.noteon(0, a, b)
+            elif kind == "off":
+                syn.noteoff(0, a)
+            else:
+                syn.cc(0, a, b)
+        syn.cc(0, 64, 0)
+        chunks.append(syn.get_samples(int(tail * sr)))
+        x = np.concatenate(chunks).astype(np.float32) / 32768.0
+        return x.reshape(-1, 2).mean(axis=1)
+
+
+_RENDERER: FluidRenderer | None = None
+
+
+def perform(timing: ScoreTiming, style: PerformanceStyle, soundfont: str | Path, renderer: FluidRenderer | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Synthesize one performance. Returns (audio at 22050 Hz, event onset times in seconds)."""
+    global _RENDERER
+    if renderer is None:
+        _RENDERER = _RENDERER or FluidRenderer()
+        renderer = _RENDERER
     ev_perf, played = performed_times(timing, style)
     pedal = None
     if style.pedal and len(timing.measure_times):
         grid, perf = tempo_warp(float(timing.measure_times[-1]) + 1, style)
         pedal = np.interp(timing.measure_times, grid, perf)
-    mid = Path(workdir) / f"perf_{style.seed}.mid"
-    write_midi(mid, played, style.program, pedal)
-    try:
-        audio = render_midi(mid, soundfont)
-    finally:
-        mid.unlink(missing_ok=True)
+    audio = renderer.render(played, soundfont, style.program, pedal)
     return room(audio, style), ev_perf
 
 
