@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         return int(a.func(a) or 0)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as exc:
         print(f"scorestream: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

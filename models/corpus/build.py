@@ -22,6 +22,7 @@ redone on resume)::
 from __future__ import annotations
 
 import concurrent.futures as cf
+import fcntl
 import hashlib
 import json
 import multiprocessing as mp
@@ -154,6 +155,17 @@ def _alarm(signum, frame):  # pragma: no cover - signal handler
     raise _Timeout()
 
 
+def _die_with_parent() -> None:
+    """Worker initializer: exit when the driver process dies (Linux), so an
+    interrupted build leaves no orphan writing into the corpus folder."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def build_piece(task: PieceTask, cfg: CorpusConfig, timbres: TimbreConfig) -> dict:
     """Build one piece folder. Returns a summary dict; raises on failure."""
     from PIL import Image
@@ -272,6 +284,11 @@ def build(sources: list[str | Path], out: str | Path, workers: int = 2, limit: i
             raise FileNotFoundError(f"soundfont for timbre {name!r} not found ({sf}); run scripts/setup.sh to install the Debian soundfonts")
     out = Path(out)
     (out / "pieces").mkdir(parents=True, exist_ok=True)
+    lock = open(out / ".build.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RuntimeError(f"another 'scorestream corpus build' is writing to {out}; wait for it or stop it first") from None
     found = discover(sources)
     rng = random.Random(cfg.seed)
     rng.shuffle(found)  # partial builds still cover every corpus and split
@@ -303,7 +320,7 @@ def build(sources: list[str | Path], out: str | Path, workers: int = 2, limit: i
     ctx = mp.get_context("spawn")  # verovio is not fork-safe
     pending = list(reversed(tasks))
     while pending:
-        with cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, max_tasks_per_child=200) as pool:
+        with cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx, max_tasks_per_child=200, initializer=_die_with_parent) as pool:
             inflight: dict[cf.Future, PieceTask] = {}
             try:
                 while pending or inflight:
@@ -330,6 +347,7 @@ def build(sources: list[str | Path], out: str | Path, workers: int = 2, limit: i
                 inflight.clear()
     bar.close()
     stats = write_index(out)
+    lock.close()
     print(format_stats(stats), file=sys.stderr)
     return stats
 
