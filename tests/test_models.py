@@ -1,0 +1,351 @@
+"""Fast CPU tests of the embedding networks, pack data, metrics, training,
+ONNX export and the serving embedder (models/)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import metrics as M
+from models.nets import ModelConfig, build_model, load_config, load_model
+from models.packdata import (AugConfig, BatchMaker, Pack, evenly_spaced, make_synthetic_pack, save_pack,
+                             test_protocol_pairs, valid_subset)
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_TOML = """
+[tiny]
+audio_frames = 42
+attention = false
+filters = [8, 8, 16, 16]
+
+[tinylong]
+audio_frames = 84
+attention = true
+filters = [8, 8, 16, 16]
+"""
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pack")
+    path = d / "pack.npz"
+    meta = make_synthetic_pack(path, n_pieces=10, notes_per_piece=40, seed=1)
+    return path, meta
+
+
+@pytest.fixture(scope="module")
+def tiny_toml(tmp_path_factory):
+    p = tmp_path_factory.mktemp("cfg") / "tiny.toml"
+    p.write_text(TINY_TOML)
+    return p
+
+
+def _randomise_bn(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model
+
+
+# --------------------------------------------------------------------------- nets
+
+def test_config_sections():
+    bl, lo = load_config("baseline"), load_config("long")
+    assert (bl.audio_frames, bl.attention, bl.embed_dim, bl.filters) == (42, False, 32, (24, 48, 96, 96))
+    assert (lo.audio_frames, lo.attention) == (84, True)
+    with pytest.raises(KeyError):
+        load_config("nope")
+
+
+@pytest.mark.parametrize("name", ["baseline", "long"])
+def test_shapes_and_l2_norm(name):
+    torch.manual_seed(0)
+    cfg = load_config(name)
+    model = _randomise_bn(build_model(cfg)).eval()
+    spec = torch.rand(3, 1, 92, cfg.audio_frames) * 3
+    sheet = torch.rand(3, 1, 80, 100)
+    with torch.no_grad():
+        a, s = model(spec, sheet)
+    assert a.shape == (3, 32) and s.shape == (3, 32)
+    assert torch.allclose(a.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(s.norm(dim=1), torch.ones(3), atol=1e-5)
+    # training mode too (batch statistics)
+    model.train()
+    a, s = model(spec, sheet)
+    assert torch.allclose(a.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_attention_weights():
+    torch.manual_seed(0)
+    cfg = ModelConfig(audio_frames=84, attention=True, filters=(8, 8, 16, 16))
+    model = build_model(cfg).eval()
+    spec = torch.rand(4, 1, 92, 84) * 3
+    att = model.audio.attention
+    w = model.audio.attention_weights(spec)
+    assert w.shape == (4, 84)
+    assert torch.allclose(w, torch.ones_like(w))          # uniform at init (zero last layer)
+    torch.nn.init.normal_(att.net[-1].weight, std=1.0)
+    _randomise_bn(model)
+    with torch.no_grad():
+        w = model.audio.attention_weights(spec)
+        assert (w > 0).all()
+        assert torch.allclose(w.sum(1), torch.full((4,), 84.0), atol=1e-3)   # softmax * F
+        assert torch.allclose(w.mean(1), torch.ones(4), atol=1e-5)
+        assert w.std(1).min() > 1e-3                                           # not uniform any more
+        assert torch.allclose(att(spec), spec * w[:, None, None, :], atol=1e-5)
+    assert build_model(load_config("baseline")).audio.attention_weights(torch.rand(1, 1, 92, 42)) is None
+
+
+# --------------------------------------------------------------------------- pack data
+
+def test_pack_round_trip(synth, tmp_path):
+    path, meta = synth
+    pack = Pack.load(path)
+    with np.load(path) as z:
+        ink = np.unpackbits(z["strips"], axis=0)[:200]
+        assert z["spec"].dtype == np.uint8 and z["spec"].shape[1] == 92
+        assert z["strips"].shape[0] == 25 and z["pairs"].dtype == np.int32 and z["perfs"].shape[1] == 8
+    assert json.loads(json.dumps(pack.meta))["test_timbre"] == 2
+    # eval sheet snippet == 2x2 box average of the 160x200 crop centred on (row 100, x)
+    maker = BatchMaker(pack, 42)
+    i = int(pack.split_pairs("train")[5])
+    x = int(pack.pairs_np[i, 2])
+    sheet = maker.sheet(torch.tensor([i]), train=False)[0, 0].numpy()
+    ref = ink[20:180, x - 100:x + 100].astype(np.float32).reshape(80, 2, 100, 2).mean((1, 3))
+    np.testing.assert_allclose(sheet, ref, atol=1e-5)
+    # eval audio window: frames frame-21 .. frame+20, centre column = the pair's frame
+    frame = int(pack.pairs_np[i, 1])
+    spec = maker.audio(torch.tensor([i]), train=False)[0, 0].numpy()
+    raw = pack.spec.numpy().astype(np.float32) / meta["spec_scale"]
+    np.testing.assert_allclose(spec[:, 21], raw[frame], atol=1e-6)
+    np.testing.assert_allclose(spec[:, 0], raw[frame - 21], atol=1e-6)
+    np.testing.assert_allclose(spec[:, 41], raw[frame + 20], atol=1e-6)
+
+
+def _boundary_pack(path):
+    """Three performances; the middle one is quiet (value 100) with an empty strip,
+    its neighbours loud (255) with all-black strips."""
+    lens, widths = [30, 50, 30], [300, 400, 300]
+    spec = np.concatenate([np.full((n, 92), v, np.uint8) for n, v in zip(lens, [255, 100, 255])])
+    ink = np.concatenate([np.full((200, w), v, np.uint8) for w, v in zip(widths, [1, 0, 1])], axis=1)
+    perfs, t0, x0 = [], 0, 0
+    for k in range(3):
+        perfs.append([t0, lens[k], x0, widths[k], 0, 0, 1000, k])
+        t0, x0 = t0 + lens[k], x0 + widths[k]
+    s1, x1 = perfs[1][0], perfs[1][2]
+    pairs = [[1, s1, x1, 100], [1, s1 + lens[1] - 1, x1 + widths[1] - 1, 100], [1, s1 + 25, x1 + 200, 100],
+             [0, 5, 150, 100], [2, t0 - 1, x0 - 1, 100]]
+    meta = {"version": 1, "spec_bins": 92, "fps": 20, "spec_scale": 10.0, "strip_height": 200,
+            "staff_space": 10, "timbres": ["a"], "splits": ["train", "valid", "test"], "pieces": ["a", "b", "c"]}
+    save_pack(path, meta, spec, ink, np.array(perfs), np.array(pairs))
+
+
+def test_window_padding_never_reads_neighbour(tmp_path):
+    _boundary_pack(tmp_path / "b.npz")
+    pack = Pack.load(tmp_path / "b.npz")
+    idx = torch.tensor([0, 1, 2])
+    # eval: exact zero padding, own frames exactly 100 / 10
+    maker = BatchMaker(pack, 42, AugConfig.none())
+    spec, sheet = maker.batch(idx, train=False)
+    vals = spec[:, 0].numpy()
+    assert set(np.unique(vals).tolist()) <= {0.0, 10.0}
+    assert (vals[0, :, :21] == 0).all() and (vals[0, :, 21:] == 10).all()        # first frame
+    assert (vals[1, :, :22] == 10).all() and (vals[1, :, 22:] == 0).all()        # last frame
+    assert (sheet == 0).all()                                                    # white everywhere
+    # outer performances: windows past the pack's ends are zero too
+    s_out, sh_out = maker.batch(torch.tensor([3, 4]), train=False)
+    assert (s_out[0, 0, :, :16] == 0).all() and (s_out[1, 0, :, 21:] == 0).all()
+    assert sh_out[0, 0, :, :25].max() == 0 and sh_out[1, 0, :, 50:].max() == 0
+    # training geometry + jitter + time stretch: still nothing from the neighbours
+    aug = AugConfig.none().replace(sheet=True, audio=True, jitter_frames=1, p_stretch=1.0)
+    maker = BatchMaker(pack, 42, aug)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        spec, sheet = maker.batch(idx.repeat(8), train=True, generator=g)
+        assert spec.max() <= 10.0 + 1e-5
+        assert (sheet == 0).all()
+
+
+def test_eval_windows_deterministic_and_aug_ranges(synth):
+    path, _ = synth
+    pack = Pack.load(path)
+    idx = torch.from_numpy(valid_subset(pack, 64))
+    maker = BatchMaker(pack, 84, AugConfig())
+    a1, s1 = maker.batch(idx, train=False)
+    torch.manual_seed(123)
+    a2, s2 = maker.batch(idx, train=False, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(a1, a2) and torch.equal(s1, s2)
+    g = torch.Generator().manual_seed(0)
+    a3, s3 = maker.batch(idx, train=True, generator=g)
+    assert a3.shape == (64, 1, 92, 84) and s3.shape == (64, 1, 80, 100)
+    assert torch.isfinite(a3).all() and a3.min() >= 0
+    assert s3.min() >= 0 and s3.max() <= 1
+    assert not torch.equal(a1, a3) and not torch.equal(s1, s3)
+    # all augmentations off and no jitter: training windows == eval windows
+    a4, s4 = BatchMaker(pack, 84, AugConfig.none()).batch(idx, train=True, generator=g)
+    assert torch.equal(a1, a4) and torch.equal(s1, s4)
+
+
+def test_protocol_selection(synth):
+    path, _ = synth
+    pack = Pack.load(path)
+    idx, info = test_protocol_pairs(pack, 10000)
+    perf = pack.perfs_np[pack.pairs_np[idx, 0]]
+    assert (perf[:, 4] == 2).all() and (perf[:, 5] == 2).all() and (perf[:, 6] == 1000).all()
+    assert info["candidates"] == len(idx) == info["available"] > 0
+    sub, info2 = test_protocol_pairs(pack, 17)
+    assert len(sub) == 17 and sub[0] == idx[0] and sub[-1] == idx[-1] and np.all(np.diff(sub) > 0)
+    assert list(evenly_spaced(np.arange(10, 20), 3)) == [10, 15, 19]
+
+
+# --------------------------------------------------------------------------- metrics
+
+def _circle(deg):
+    r = np.deg2rad(np.asarray(deg, dtype=np.float64))
+    return np.stack([np.cos(r), np.sin(r)], 1).astype(np.float32)
+
+
+def test_metrics_known_ranks():
+    q = _circle([0, 0, 30, 180])
+    c = _circle([0, 10, 20, 30])
+    assert M.retrieval_ranks(q, c).tolist() == [1, 2, 2, 1]
+    assert M.retrieval_ranks(c, q).tolist() == [1, 1, 1, 4]   # ties count in the query's favour
+    res = M.both_directions(q, c)
+    a2s, s2a = res["A2S"], res["S2A"]
+    assert a2s["R@1"] == pytest.approx(50.0) and a2s["R@5"] == pytest.approx(100.0)
+    assert a2s["MRR"] == pytest.approx(0.75) and a2s["MR"] == pytest.approx(1.5) and a2s["n"] == 4
+    assert s2a["R@1"] == pytest.approx(75.0) and s2a["MRR"] == pytest.approx(0.8125) and s2a["MR"] == 1.0
+    # larger: a permutation with known ranks, chunked path
+    n = 3000
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(n, 32)).astype(np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    m = M.retrieval_metrics(e, e)
+    assert m["R@1"] == 100.0 and m["MRR"] == 1.0 and m["MR"] == 1.0
+    table = M.format_table(res, name="t")
+    assert "BL1-2s" in table and "66.7" in table and "| t | A2S | 50.0 |" in table
+    with pytest.raises(ValueError):
+        M.retrieval_ranks(q, c[:3])
+
+
+# --------------------------------------------------------------------------- training
+
+def _logged_losses(log_path):
+    return [float(m.group(1)) for m in re.finditer(r"step \d+ loss ([0-9.]+)", Path(log_path).read_text())]
+
+
+def test_training_learns_and_resumes(synth, tiny_toml, tmp_path):
+    from models import train
+    from models.train import RetrievalLoss, evaluate_pairs
+
+    path, _ = synth
+    out = tmp_path / "run"
+    common = ["--pack", str(path), "--config", "tiny", "--model-config", str(tiny_toml), "--out", str(out),
+              "--device", "cpu", "--batch", "24", "--val-every", "10", "--log-every", "5", "--warmup", "5",
+              "--val-pairs", "200", "--test-pairs", "200", "--lr", "2e-3", "--sched", "const", "--budget-min", "5"]
+    torch.manual_seed(0)
+    r1 = train.main(common + ["--max-steps", "20"])
+    assert r1["steps"] == 20 and r1["pairs_seen"] == 480
+    ck = torch.load(out / "ckpt.pt", weights_only=False)
+    assert ck["step"] == 20 and "optimizer" in ck and "rng" in ck
+    r2 = train.main(common + ["--max-steps", "40", "--resume"])
+    log = (out / "train.log").read_text()
+    assert "resuming from" in log and "at step 20" in log
+    assert r2["steps"] == 40 and r2["pairs_seen"] == 960
+    assert not any(re.search(rf"^\S+ step {s} loss", log, re.M) for s in range(25, 41, 5)) or \
+        re.search(r"step 25 loss", log)  # logging restarted from step 20, not 0
+    assert len(re.findall(r"step 5 loss", log)) == 1
+    losses = _logged_losses(out / "train.log")
+    assert min(losses[-2:]) < losses[0], losses
+    # trained model beats the untrained one on the valid subset
+    pack = Pack.load(path)
+    maker = BatchMaker(pack, 42, AugConfig.none())
+    vidx = valid_subset(pack, 200)
+    torch.manual_seed(0)
+    untrained = build_model(load_config("tiny", tiny_toml)).eval()
+    mrr0 = evaluate_pairs(untrained, maker, vidx)["A2S"]["MRR"]
+    best = load_model(out / "best.pt")
+    mrr1 = evaluate_pairs(best, maker, vidx)["A2S"]["MRR"]
+    assert mrr1 == pytest.approx(r2["valid_best_mrr"], abs=1e-6)
+    assert mrr1 > mrr0 and mrr1 > 2 * (np.log(200) + 0.58) / 200, (mrr0, mrr1)
+    res = json.loads((out / "metrics.json").read_text())
+    assert set(res["test"]) == {"A2S", "S2A"} and res["protocol"]["candidates"] > 0
+    assert res["pairs_seen"] == 960 and res["wall_s"] > 0
+    # hinge loss option
+    lf = RetrievalLoss("hinge", margin=0.7)
+    a = torch.nn.functional.normalize(torch.randn(8, 32), dim=1)
+    assert lf(a, a).item() < lf(a, a.roll(1, 0)).item()
+
+
+# --------------------------------------------------------------------------- export / serving
+
+@pytest.mark.parametrize("name", ["baseline", "long"])
+def test_onnx_export_and_embedder(name, tmp_path):
+    from models.embedder import Embedder
+    from models.export import export_model
+    from models.nets import save_best
+
+    torch.manual_seed(0)
+    model = _randomise_bn(build_model(load_config(name)))
+    if model.cfg.attention:
+        torch.nn.init.normal_(model.audio.attention.net[-1].weight, std=0.3)
+    save_best(tmp_path / "best.pt", model)
+    model = load_model(tmp_path / "best.pt")
+    info = export_model(model, tmp_path / "w" / name)
+    sizes = [(tmp_path / "w" / e["path"]).stat().st_size for e in info["files"].values()]
+    assert sum(sizes) <= 10 * 2**20
+    assert all(e["max_abs_diff"] <= 1e-4 for e in info["files"].values())
+
+    import onnx
+    m = onnx.load(str(tmp_path / "w" / f"{name}_audio.onnx"))
+    assert m.opset_import[0].version >= 17
+    assert [i.name for i in m.graph.input] == ["spec"] and [o.name for o in m.graph.output] == ["embedding"]
+
+    emb = Embedder(tmp_path / "w" / name)
+    F = model.cfg.audio_frames
+    assert emb.audio_frames == F and emb.sheet_shape == (80, 100) and emb.embed_dim == 32
+    rng = np.random.default_rng(0)
+    spec = (rng.random((5, 92, F)) * 4).astype(np.float32)
+    sheet = rng.random((5, 80, 100)).astype(np.float32)
+    emb.batch_size = 2                                          # exercise batching
+    with torch.no_grad():
+        ra = model.embed_audio(torch.from_numpy(spec)[:, None]).numpy()
+        rs = model.embed_sheet(torch.from_numpy(sheet)[:, None]).numpy()
+    np.testing.assert_allclose(emb.embed_audio(spec), ra, atol=1e-4)
+    np.testing.assert_allclose(emb.embed_sheet(sheet), rs, atol=1e-4)
+    assert emb.embed_audio(spec[0]).shape == (1, 32)
+    with pytest.raises(ValueError, match="shape"):
+        emb.embed_audio(spec[:, :, :10])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        emb.embed_sheet(sheet * 3)
+    bad = spec.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        emb.embed_audio(bad)
+
+
+def test_export_cli(tmp_path, tiny_toml, capsys):
+    from models import export
+    from models.nets import save_best
+
+    save_best(tmp_path / "best.pt", build_model(load_config("tinylong", tiny_toml)))
+    export.main(["--ckpt", str(tmp_path / "best.pt"), "--out", str(tmp_path / "w" / "t")])
+    assert (tmp_path / "w" / "t_audio.onnx").exists() and (tmp_path / "w" / "t_sheet.onnx").exists()
+    assert "total" in capsys.readouterr().out
+
+
+def test_embedder_does_not_import_torch():
+    code = "import sys, models.embedder; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
