@@ -1,0 +1,152 @@
+"""``scorestream eval retrieval``: the paper's snippet-retrieval protocol, serving stack only.
+
+Protocol (Dorfer et al. 2018): test pieces, the timbre never used in training,
+tempo 1.0 without rubato; from all aligned (audio excerpt, sheet snippet)
+pairs of that condition, ``C`` candidates are chosen evenly (linspace) over
+the pool.  Each audio excerpt queries the ``C`` sheet snippets (A2S) and each
+snippet the ``C`` excerpts (S2A).  Reported: R@1, R@5, R@25 (percent), MRR,
+median rank.  Embeddings come from the shipped ONNX files via onnxruntime —
+the same code path the server uses — not from torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import PUBLISHED, both_directions
+from .windows import audio_windows, ink, sheet_snippets
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+
+def shipped_models(weights: Path = WEIGHTS) -> list[str]:
+    return sorted(p.name[: -len("_audio.onnx")] for p in weights.glob("*_audio.onnx") if (weights / p.name.replace("_audio", "_sheet")).is_file())
+
+
+def _evenly(n: int, c: int) -> np.ndarray:
+    if n <= c:
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, c)).astype(np.int64))
+
+
+def corpus_protocol(corpus_dir: str | Path, split: str, candidates: int) -> tuple[list, dict]:
+    """Selected pairs per piece: [(piece, perf, frames, strip_x)], plus protocol facts."""
+    from .corpus.reader import Corpus
+
+    corpus = Corpus(corpus_dir)
+    info = json.loads((Path(corpus_dir) / "corpus.json").read_text())
+    test_timbre = info["timbres"]["test"]
+    pool = []  # (piece, perf, frame, x)
+    for pid in corpus.piece_ids(split):
+        piece = corpus.piece(pid)
+        for j, perf in enumerate(piece.meta["performances"]):
+            st = perf["style"]
+            if st["timbre"] == test_timbre and abs(st["tempo"] - 1.0) < 1e-9 and st.get("rubato", 0) == 0:
+                pr = piece.pairs(j, 0)
+                pool.extend((pid, j, int(f), float(x)) for f, x in zip(pr.frame, pr.strip_x))
+                break
+    if not pool:
+        raise ValueError(f"{corpus_dir}: no {split} pairs with the held-out timbre {test_timbre!r} at tempo 1.0")
+    sel = _evenly(len(pool), candidates)
+    chosen = [pool[i] for i in sel]
+    groups: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    for pid, j, f, x in chosen:
+        groups.setdefault((pid, j), []).append((f, x))
+    facts = {"source": str(corpus_dir), "split": split, "timbre": test_timbre, "tempo": 1.0, "pool": len(pool), "candidates": len(chosen),
+             "pieces": len({c[0] for c in chosen})}
+    return [(corpus.piece(pid), j, np.array([g[0] for g in v]), np.array([g[1] for g in v])) for (pid, j), v in groups.items()], facts
+
+
+def embed_corpus_selection(selection: list, embedder) -> tuple[np.ndarray, np.ndarray]:
+    a_out, s_out = [], []
+    for piece, j, frames, xs in selection:
+        spec, _ = piece.performance(j)
+        a_out.append(embedder.embed_audio(audio_windows(spec, frames, embedder.audio_frames)))
+        s_out.append(embedder.embed_sheet(sheet_snippets(ink(piece.strip(0).image), xs)))
+    return np.concatenate(a_out), np.concatenate(s_out)
+
+
+def pack_protocol(pack_path: str | Path, split: str, candidates: int, embedder) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Same protocol on a training pack (numpy decode, no torch)."""
+    z = np.load(pack_path)
+    meta = json.loads(str(z["meta"]))
+    code = {"train": 0, "valid": 1, "test": 2}[split]
+    perfs, pairs = z["perfs"], z["pairs"]
+    pr = perfs[pairs[:, 0]]
+    mask = (pr[:, 4] == code) & (pr[:, 5] == meta["test_timbre"]) & (pr[:, 6] == 1000)
+    pool = np.flatnonzero(mask)
+    if not len(pool):
+        raise ValueError(f"{pack_path}: no {split} pairs in the test condition")
+    sel = pool[_evenly(len(pool), candidates)]
+    spec_all = z["spec"]
+    ink_all = np.unpackbits(z["strips"], axis=0)[: meta["strip_height"]]
+    a_list, s_list = [], []
+    for i in sel:
+        perf, frame, x, _ = pairs[i]
+        s0, sl, x0, xl = perfs[perf][:4]
+        a_list.append(audio_windows(spec_all[s0: s0 + sl].astype(np.float32) / meta["spec_scale"], [frame - s0], embedder.audio_frames)[0])
+        s_list.append(sheet_snippets(ink_all[:, x0: x0 + xl], [x - x0])[0])
+    a = np.concatenate([embedder.embed_audio(np.stack(a_list[k: k + 1024])) for k in range(0, len(a_list), 1024)])
+    s = np.concatenate([embedder.embed_sheet(np.stack(s_list[k: k + 1024])) for k in range(0, len(s_list), 1024)])
+    return a, s, {"source": str(pack_path), "split": split, "timbre": meta["timbres"][meta["test_timbre"]], "tempo": 1.0,
+                  "pool": int(len(pool)), "candidates": int(len(sel))}
+
+
+def markdown(results: dict) -> str:
+    p = results["protocol"]
+    lines = [f"Retrieval, {p['candidates']:,} candidates from {p['pool']:,} {p['split']} pairs "
+             f"(timbre {p['timbre']}, tempo 1.0), {p['source']}", "",
+             "| model | direction | R@1 % | R@5 % | R@25 % | MRR | median rank |", "|---|---|---:|---:|---:|---:|---:|"]
+    for name, r in results["models"].items():
+        for d in ("A2S", "S2A"):
+            m = r[d]
+            lines.append(f"| {name} | {d} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['R@25']:.1f} | {m['MRR']:.3f} | {m['MR']:g} |")
+    for name, m in PUBLISHED.items():
+        lines.append(f"| {name} (published, MSMD synthetic) | A2S | {m['R@1']:.1f} | – | – | {m['MRR']:.2f} | – |")
+    return "\n".join(lines)
+
+
+def evaluate(models: list[str], corpus: str | None = None, pack: str | None = None, split: str = "test", candidates: int = 10000) -> dict:
+    from .embedder import Embedder
+
+    if not models:
+        raise FileNotFoundError(f"no shipped model in {WEIGHTS} (expected NAME_audio.onnx + NAME_sheet.onnx)")
+    if not corpus and not pack:
+        raise ValueError("give --corpus DIR or --pack FILE")
+    results: dict = {"models": {}}
+    selection = None
+    for name in models:
+        emb = Embedder(WEIGHTS / name if not Path(name).parent.name else name)
+        if corpus:
+            if selection is None:
+                selection, facts = corpus_protocol(corpus, split, candidates)
+                results["protocol"] = facts
+            a, s = embed_corpus_selection(selection, emb)
+        else:
+            a, s, facts = pack_protocol(pack, split, candidates, emb)
+            results["protocol"] = facts
+        results["models"][Path(name).name] = {**both_directions(a, s), "audio_frames": emb.audio_frames}
+    return results
+
+
+def main(a) -> int:
+    models = a.model or shipped_models()
+    res = evaluate(models, corpus=a.corpus, pack=a.pack, split=a.split, candidates=a.candidates)
+    table = markdown(res)
+    print(table)
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    if a.markdown:
+        Path(a.markdown).write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from scorestream.cli import main as cli_main
+
+    sys.exit(cli_main(["eval", "retrieval", *sys.argv[1:]]))
