@@ -39,7 +39,8 @@ def _corpus_show(a: argparse.Namespace) -> int:
 def _corpus_pack(a: argparse.Namespace) -> int:
     from models.corpus.pack import build_pack
 
-    info = build_pack(a.corpus, a.out, max_mb=a.max_mb, max_train_hours=a.train_hours)
+    info = build_pack(a.corpus, a.out, max_mb=a.max_mb, max_train_hours=a.train_hours, excerpt_s=a.excerpt_s or None)
+    info["pieces"] = len(set(info["pieces"]))
     print(json.dumps(info, indent=1))
     return 0
 
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--out", required=True)
     pk.add_argument("--max-mb", type=float, default=55.0)
     pk.add_argument("--train-hours", type=float, default=None, help="cap on training audio hours (default: as much as fits)")
+    pk.add_argument("--excerpt-s", type=float, default=60.0, help="cut training takes to this many seconds (0: whole takes)")
     pk.set_defaults(func=_corpus_pack)
 
     ev = sub.add_parser("eval", help="evaluate models")

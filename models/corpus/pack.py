@@ -48,9 +48,15 @@ def tempo_milli(style: dict) -> int:
 
 
 def build_pack(corpus_dir: str | Path, out: str | Path, max_mb: float = 55.0, max_train_hours: float | None = None,
-               test_pairs: int = 12000, valid_pairs: int = 3000, seed: int = 0) -> dict:
-    """Write ``out`` (.npz); returns a summary. Fills the size budget with training
-    performances after reserving the paper's test condition and a validation set."""
+               test_pairs: int = 12000, valid_pairs: int = 3000, excerpt_s: float | None = 60.0, seed: int = 0) -> dict:
+    """Write ``out`` (.npz); returns a summary.
+
+    Reserves the paper's test condition (test pieces, held-out timbre, tempo
+    1.0) and a validation set first, then fills the size budget with training
+    performances.  Training takes are cut to ``excerpt_s`` seconds (a random
+    stretch of each piece) so that the budget holds many more distinct scores,
+    engravings and timbres: variety matters more than full-length pieces.
+    """
     corpus = Corpus(corpus_dir)
     with open(Path(corpus_dir) / "corpus.json") as f:
         cinfo = json.load(f)
@@ -61,6 +67,7 @@ def build_pack(corpus_dir: str | Path, out: str | Path, max_mb: float = 55.0, ma
         by_split[corpus.piece(pid).split].append(pid)
     rng = random.Random(seed)
     for v in by_split.values():
+        v.sort()
         rng.shuffle(v)
 
     budget = max_mb * 1e6 * 0.97
@@ -73,71 +80,74 @@ def build_pack(corpus_dir: str | Path, out: str | Path, max_mb: float = 55.0, ma
     spec_pos = strip_pos = 0
     hours = {"train": 0.0, "valid": 0.0, "test": 0.0}
     n_pairs = {"train": 0, "valid": 0, "test": 0}
+    margin = 90  # frames kept around an excerpt's pairs, > half the longest audio context
 
-    placed: dict[str, tuple[int, int, int]] = {}  # piece id -> (piece index, strip start, strip width)
-
-    def add(piece: Piece, perf_ids: list[int], split: str) -> bool:
+    def add(piece: Piece, j: int, split: str, excerpt: float | None) -> bool:
         nonlocal used, spec_pos, strip_pos
-        bits = None if piece.id in placed else _ink_bits(piece.strip(0).image)
-        specs, cost = [], 0 if bits is None else _compressed_size(bits)
-        for j in perf_ids:
-            spec, _ = piece.performance(j)
-            q = _quantize(spec)
-            pr = piece.pairs(j, 0)
-            if len(pr) == 0:
-                continue
-            specs.append((j, q, pr))
-            cost += _compressed_size(q) + len(pr) * 6
-        if not specs or used + cost > budget:
+        spec, _ = piece.performance(j)
+        pr = piece.pairs(j, 0)
+        keep = (pr.frame >= 0) & (pr.frame < len(spec))
+        f0, f1 = 0, len(spec)
+        if excerpt is not None and len(spec) > excerpt * 20 + 2 * margin:
+            f0 = rng.randrange(0, len(spec) - int(excerpt * 20) - 2 * margin)
+            f1 = f0 + int(excerpt * 20) + 2 * margin
+            keep &= (pr.frame >= f0 + margin) & (pr.frame < f1 - margin)
+        if keep.sum() == 0:
+            return False
+        xs = np.round(pr.strip_x[keep]).astype(np.int64)
+        img = piece.strip(0).image
+        x0 = 0 if excerpt is None else max(0, int(xs.min()) - 130)
+        x1 = img.shape[1] if excerpt is None else min(img.shape[1], int(xs.max()) + 130)
+        bits = _ink_bits(img[:, x0:x1])
+        q = _quantize(spec[f0:f1])
+        cost = _compressed_size(bits) + _compressed_size(q) + int(keep.sum()) * 8
+        if used + cost > budget:
             return False
         used += cost
-        if bits is not None:
-            placed[piece.id] = (len(pieces), strip_pos, bits.shape[1])
-            pieces.append(piece.id)
-            strip_parts.append(bits)
-            strip_pos += bits.shape[1]
-        pidx, s0, sw = placed[piece.id]
-        for j, q, pr in specs:
-            style = piece.meta["performances"][j]["style"]
-            perf_row = len(perfs)
-            perfs.append([spec_pos, len(q), s0, sw, SPLIT_CODE[split], timbres.index(style["timbre"]),
-                          tempo_milli(style), pidx])
-            ok = (pr.frame >= 0) & (pr.frame < len(q))
-            tab = np.stack([np.full(ok.sum(), perf_row), spec_pos + pr.frame[ok], s0 + np.round(pr.strip_x[ok]).astype(np.int64),
-                            np.round(pr.strip_y[ok]).astype(np.int64)], axis=1).astype(np.int32)
-            pairs.append(tab)
-            spec_parts.append(q)
-            spec_pos += len(q)
-            hours[split] += len(q) / 20 / 3600
-            n_pairs[split] += len(tab)
+        style = piece.meta["performances"][j]["style"]
+        perf_row = len(perfs)
+        perfs.append([spec_pos, len(q), strip_pos, bits.shape[1], SPLIT_CODE[split], timbres.index(style["timbre"]), tempo_milli(style), len(pieces)])
+        pieces.append(piece.id)
+        tab = np.stack([np.full(keep.sum(), perf_row), spec_pos + pr.frame[keep] - f0, strip_pos + xs - x0,
+                        np.round(pr.strip_y[keep]).astype(np.int64)], axis=1).astype(np.int32)
+        pairs.append(tab)
+        spec_parts.append(q)
+        strip_parts.append(bits)
+        spec_pos += len(q)
+        strip_pos += bits.shape[1]
+        hours[split] += len(q) / 20 / 3600
+        n_pairs[split] += len(tab)
         return True
 
     # 1. the paper's test condition: test pieces, held-out timbre, tempo 1.0 (performance 0 of a test piece)
     for pid in by_split["test"]:
         if n_pairs["test"] >= test_pairs:
             break
-        add(corpus.piece(pid), [0], "test")
-    # 2. validation
+        add(corpus.piece(pid), 0, "test", None)
+    # 2. validation (a training-like take: performance 0 of a valid piece)
     for pid in by_split["valid"]:
         if n_pairs["valid"] >= valid_pairs:
             break
-        add(corpus.piece(pid), [0], "valid")
-    # 3. training: one performance per piece first (more scores beat more takes), then the others
+        add(corpus.piece(pid), 0, "valid", excerpt_s)
+    # 3. training: one excerpt per piece first (more scores beat more takes), then the other takes
     n_perf = max((len(corpus.piece(p).meta["performances"]) for p in by_split["train"][:1]), default=1)
     added = 0
+    full = False
     for round_ in range(n_perf):
         for k, pid in enumerate(by_split["train"]):
             if max_train_hours is not None and hours["train"] >= max_train_hours:
+                full = True
                 break
-            j = (k + round_) % n_perf  # alternate takes (timbres) across pieces; later rounds re-use strips
-            if not add(corpus.piece(pid), [j], "train"):
+            j = (k + round_) % n_perf  # alternate takes (timbres) across pieces
+            if not add(corpus.piece(pid), j, "train", excerpt_s):
                 if used > budget * 0.995:
+                    full = True
                     break
                 continue
             added += 1
-            if added % 50 == 0:
-                print(f"pack: {added} training performances, {hours['train']:.2f} h, {used / 1e6:.1f} MB", file=sys.stderr)
-        if used > budget * 0.99:
+            if added % 100 == 0:
+                print(f"pack: {added} training excerpts, {hours['train']:.2f} h, {used / 1e6:.1f} MB", file=sys.stderr)
+        if full:
             break
 
     if not pairs:
