@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 # Dorfer et al. (TISMIR 2018) / Balke et al. (2019): audio-to-sheet retrieval,
-# MSMD synthetic test set (2,000 candidates in the paper's tables).
+# MSMD synthetic test set.
 PUBLISHED = {
     "BL1-2s": {"R@1": 19.1, "MRR": 0.31},
     "BL2-8s+AT": {"R@1": 66.7, "MRR": 0.75},
@@ -73,5 +73,5 @@ def format_table(results: dict, name: str = "ours", published: dict | None = Non
                 f"{m['MRR']:.3f} | {m['MR']:g} | {m['n']} |"
             )
     for pname, m in published.items():
-        lines.append(f"| {pname} (published, MSMD synth.) | A2S | {m['R@1']:.1f} | – | – | {m['MRR']:.2f} | – | 2000 |")
+        lines.append(f"| {pname} (published, MSMD synth.) | A2S | {m['R@1']:.1f} | – | – | {m['MRR']:.2f} | – | – |")
     return "\n".join(lines)

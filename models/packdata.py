@@ -149,12 +149,20 @@ def evenly_spaced(indices: np.ndarray, n: int) -> np.ndarray:
     return indices[pos]
 
 
-def valid_subset(pack: Pack, n: int = 2000) -> np.ndarray:
-    """Fixed validation pairs: up to n, evenly spaced over the valid split."""
-    return evenly_spaced(pack.split_pairs("valid"), n)
+def valid_subset(pack: Pack, n: int = 2000, seed: int = 0) -> np.ndarray:
+    """Fixed validation pairs: up to n, evenly spaced over the valid split.
+
+    Several performances share one engraving, so the same strip x appears in
+    several pairs; one of them (chosen with a fixed seed) is kept per x, so that
+    no sheet snippet is a candidate twice.
+    """
+    idx = pack.split_pairs("valid")
+    idx = np.random.default_rng(seed).permutation(idx)
+    _, first = np.unique(pack.pairs_np[idx, 2], return_index=True)
+    return evenly_spaced(idx[first], n)
 
 
-def test_protocol_pairs(pack: Pack, n: int = 10000) -> tuple[np.ndarray, dict]:
+def protocol_pairs(pack: Pack, n: int = 10000) -> tuple[np.ndarray, dict]:
     """Paper test protocol: split test, held-out timbre, tempo 1.0; C = min(n, available).
 
     Returns (pair indices, info).  If the pack's meta has no `test_timbre`, all
@@ -185,7 +193,7 @@ class AugConfig:
     jitter_frames: int = 1
     p_stretch: float = 0.5
     stretch: tuple[float, float] = (0.9, 1.1)
-    db_unit: float = 0.05          # log-spectrogram units per dB (log10 magnitude: 1/20)
+    db_unit: float | None = None   # log-spectrogram units per dB; None: meta["db_unit"] or 0.05 (log10 magnitude)
     p_gain: float = 0.5
     gain_db: float = 6.0
     p_eq: float = 0.3
@@ -252,6 +260,7 @@ class BatchMaker:
         self._offs = torch.arange(self.frames, device=self.device) - self.frames // 2
         self._shifts = torch.arange(7, -1, -1, device=self.device, dtype=torch.uint8)
         self._bin_pos = torch.linspace(0, 1, self.bins, device=self.device)
+        self.db_unit = float(self.aug.db_unit if self.aug.db_unit is not None else pack.meta.get("db_unit", 0.05))
 
     # ---- public
     def batch(self, idx: torch.Tensor, train: bool, generator: torch.Generator | None = None):
@@ -302,7 +311,7 @@ class BatchMaker:
         a, dev = self.aug, self.device
         B, nb, Fr = x.shape
         bpos = self._bin_pos[None, :]                     # (1, bins) in [0, 1]
-        unit = a.db_unit
+        unit = self.db_unit
         if a.p_gain > 0:
             off = _u(B, -a.gain_db, a.gain_db, dev, g) * unit * _coin(B, a.p_gain, dev, g)
             x = x + off[:, None, None]

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from models import metrics as M
 from models.nets import AudioSheetNet, ModelConfig, build_model, count_params, load_config, save_best
-from models.packdata import AugConfig, BatchMaker, Pack, test_protocol_pairs, valid_subset
+from models.packdata import AugConfig, BatchMaker, Pack, protocol_pairs, valid_subset
 
 
 # --------------------------------------------------------------------------- loss
@@ -111,7 +111,7 @@ def evaluate_pairs(model, maker, pair_idx, **kw) -> dict:
 
 
 def evaluate_test_protocol(model, pack: Pack, maker: BatchMaker, n: int = 10000, **kw) -> tuple[dict, dict]:
-    idx, info = test_protocol_pairs(pack, n)
+    idx, info = protocol_pairs(pack, n)
     if len(idx) < 2:
         raise ValueError(f"test protocol selects {len(idx)} pairs: {info}")
     return evaluate_pairs(model, maker, idx, **kw), info
@@ -198,12 +198,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--val-pairs", type=int, default=2000)
     p.add_argument("--test-pairs", type=int, default=10000)
-    p.add_argument("--patience", type=int, default=12, help="validations without improvement before stopping")
+    p.add_argument("--patience", type=int, default=20, help="validations without improvement before stopping")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt if present")
+    p.add_argument("--benchmark", type=int, default=0, metavar="N",
+                   help="only measure throughput over N training steps (batch assembly and full step), then exit")
     return p.parse_args(argv)
 
 
@@ -222,6 +225,8 @@ def main(argv=None) -> dict:
 def _run(args, out: Path, log: Logger, t_start: float) -> dict:
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     amp = cuda and not args.no_amp
     if cuda:
         torch.backends.cudnn.benchmark = True
@@ -262,6 +267,8 @@ def _run(args, out: Path, log: Logger, t_start: float) -> dict:
         best, best_step, bad = ckpt["best_score"], ckpt["best_step"], ckpt["bad_evals"]
         _set_rng_state(ckpt["rng"], gen)
     fmodel = torch.compile(model) if args.compile else model
+    if args.benchmark:
+        return _benchmark(args, device, pack, maker, fmodel, loss_fn, opt, gen, amp, log)
 
     valid_idx = valid_subset(pack, args.val_pairs)
     log(f"device {device} | pack {args.pack}: {pack.n_pairs} pairs, {pack.nbytes() / 2**20:.1f} MiB on device | "
@@ -290,7 +297,7 @@ def _run(args, out: Path, log: Logger, t_start: float) -> dict:
     def validate() -> float:
         nonlocal best, best_step, bad, est_final_s
         t0 = time.time()
-        res = evaluate_pairs(fmodel, maker, valid_idx, amp=amp, channels_last=cuda)
+        res = evaluate_pairs(model, maker, valid_idx, amp=amp, channels_last=cuda)  # eager: no recompiles
         dt = time.time() - t0
         est_final_s = 2.0 + dt * max(1.0, min(args.test_pairs, pack.n_pairs) / max(1, len(valid_idx)))
         mrr = res["A2S"]["MRR"]
@@ -373,8 +380,50 @@ def _run(args, out: Path, log: Logger, t_start: float) -> dict:
         json.dump(result, fh, indent=2)
     log("test protocol " + json.dumps(info))
     log("\n" + M.format_table(res, name=cfg.name or args.config))
-    log(f"pairs seen {pairs_seen}, wall time {wall:.1f} s (training {train_s:.1f} s)")
+    log(f"pairs seen {pairs_seen}, wall time {wall:.1f} s this run (training {train_s:.1f} s over all runs)")
     return result
+
+
+def _benchmark(args, device, pack, maker, fmodel, loss_fn, opt, gen, amp, log) -> dict:
+    cuda = device.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def assemble():
+        idx = pack.sample_pairs("train", args.batch, gen)
+        spec, sheet = maker.batch(idx, train=True, generator=gen)
+        if cuda:
+            spec = spec.contiguous(memory_format=torch.channels_last)
+            sheet = sheet.contiguous(memory_format=torch.channels_last)
+        return spec, sheet
+
+    def train_step():
+        spec, sheet = assemble()
+        with _autocast(device, amp):
+            a, s = fmodel(spec, sheet)
+        loss = loss_fn(a, s)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    res = {}
+    for name, fn in (("batch_assembly", assemble), ("train_step", train_step)):
+        for _ in range(3):
+            fn()
+        sync()
+        t0 = time.time()
+        for _ in range(args.benchmark):
+            fn()
+        sync()
+        dt = time.time() - t0
+        res[name] = args.batch * args.benchmark / dt
+        log(f"benchmark {name}: {res[name]:.0f} pairs/s (batch {args.batch}, {args.benchmark} steps, {dt:.2f} s)")
+    if cuda:
+        res["max_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        log(f"benchmark max GPU memory {res['max_mem_gib']:.2f} GiB")
+    return res
 
 
 if __name__ == "__main__":
