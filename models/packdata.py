@@ -157,6 +157,9 @@ def valid_subset(pack: Pack, n: int = 2000, seed: int = 0) -> np.ndarray:
     no sheet snippet is a candidate twice.
     """
     idx = pack.split_pairs("valid")
+    if len(idx) == 0:
+        raise ValueError("the pack has no validation pairs: build it from a corpus with valid pieces "
+                         "(configs/corpus.toml valid_fraction > 0)")
     idx = np.random.default_rng(seed).permutation(idx)
     _, first = np.unique(pack.pairs_np[idx, 2], return_index=True)
     return evenly_spaced(idx[first], n)

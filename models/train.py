@@ -205,6 +205,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt if present")
+    p.add_argument("--init", default=None, help="start from the weights of a best.pt/ckpt.pt (fine-tuning); config taken from it")
     p.add_argument("--benchmark", type=int, default=0, metavar="N",
                    help="only measure throughput over N training steps (batch assembly and full step), then exit")
     return p.parse_args(argv)
@@ -234,10 +235,15 @@ def _run(args, out: Path, log: Logger, t_start: float) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     ckpt_path = out / "ckpt.pt"
     ckpt = None
+    init = None
     if args.resume and ckpt_path.exists():
         ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
         cfg = ModelConfig.from_dict(ckpt["config"])
         log(f"resuming from {ckpt_path} at step {ckpt['step']}")
+    elif args.init:
+        init = torch.load(str(args.init), map_location="cpu", weights_only=False)
+        cfg = ModelConfig.from_dict(init["config"])
+        log(f"fine-tuning from {args.init} (fresh optimiser, schedule and budget)")
     else:
         cfg = load_config(args.config, args.model_config)
 
@@ -259,6 +265,10 @@ def _run(args, out: Path, log: Logger, t_start: float) -> dict:
 
     step, pairs_seen, prior_train_s = 0, 0, 0.0
     best, best_step, bad = -1.0, -1, 0
+    if init is not None:
+        model.load_state_dict(init.get("state_dict") or init["model"])
+        if "loss" in init:
+            loss_fn.load_state_dict(init["loss"])
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         loss_fn.load_state_dict(ckpt["loss"])
