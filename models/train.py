@@ -84,6 +84,17 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
+def _optimise(fmodel, loss_fn, opt, spec: torch.Tensor, sheet: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
+    """One optimiser step on one batch; returns the (detached later) loss."""
+    with _autocast(device, amp):
+        a, s = fmodel(spec, sheet)
+    loss = loss_fn(a, s)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def embed_pairs(model: AudioSheetNet, maker: BatchMaker, pair_idx, batch: int = 1024,
                 amp: bool = True, channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic (no augmentation, no jitter) embeddings of pairs: (audio, sheet) numpy."""
@@ -348,12 +359,7 @@ def _run(args, out: Path, log: Logger, t_start: float) -> dict:
         if cuda:
             spec = spec.contiguous(memory_format=torch.channels_last)
             sheet = sheet.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
-            a, s = fmodel(spec, sheet)
-        loss = loss_fn(a, s)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = _optimise(fmodel, loss_fn, opt, spec, sheet, device, amp)
         step += 1
         pairs_seen += args.batch
         loss_acc += loss.detach()
@@ -411,12 +417,7 @@ def _benchmark(args, device, pack, maker, fmodel, loss_fn, opt, gen, amp, log) -
 
     def train_step():
         spec, sheet = assemble()
-        with _autocast(device, amp):
-            a, s = fmodel(spec, sheet)
-        loss = loss_fn(a, s)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _optimise(fmodel, loss_fn, opt, spec, sheet, device, amp)
 
     res = {}
     for name, fn in (("batch_assembly", assemble), ("train_step", train_step)):
