@@ -83,7 +83,6 @@ def _autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
 def _optimise(fmodel, loss_fn, opt, spec: torch.Tensor, sheet: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
     """One optimiser step on one batch; returns the (detached later) loss."""
     with _autocast(device, amp):
@@ -95,6 +94,7 @@ def _optimise(fmodel, loss_fn, opt, spec: torch.Tensor, sheet: torch.Tensor, dev
     return loss
 
 
+@torch.no_grad()
 def embed_pairs(model: AudioSheetNet, maker: BatchMaker, pair_idx, batch: int = 1024,
                 amp: bool = True, channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic (no augmentation, no jitter) embeddings of pairs: (audio, sheet) numpy."""
