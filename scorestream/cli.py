@@ -36,6 +36,20 @@ def _corpus_show(a: argparse.Namespace) -> int:
     return 0
 
 
+def _corpus_align(a: argparse.Namespace) -> int:
+    from models.corpus.reader import Corpus
+
+    rows = Corpus(a.corpus).piece(a.piece).alignment(a.perf, a.engraving)
+    cols = list(rows[0]) if rows else ["note"]
+    text = "\t".join(cols) + "\n" + "".join("\t".join(str(r[c]) for c in cols) + "\n" for r in rows)
+    if a.out:
+        Path(a.out).write_text(text)
+        print(f"wrote {a.out}: {len(rows)} notehead onsets")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _corpus_pack(a: argparse.Namespace) -> int:
     from models.corpus.pack import build_pack
 
@@ -80,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--perf", type=int, default=0)
     sh.add_argument("--engraving", type=int, default=0)
     sh.set_defaults(func=_corpus_show)
+
+    al = csub.add_parser("align", help="list every performed notehead onset: page box, time, frame, strip position (TSV)")
+    al.add_argument("piece", help="piece id (or a unique part of it)")
+    al.add_argument("--corpus", required=True)
+    al.add_argument("--perf", type=int, default=0)
+    al.add_argument("--engraving", type=int, default=0)
+    al.add_argument("--out", default=None, help="TSV file (default: standard output)")
+    al.set_defaults(func=_corpus_align)
 
     pk = csub.add_parser("pack", help="write the compact training pack (uint8 spectrograms, 1-bit strips, pairs)")
     pk.add_argument("corpus")

@@ -195,6 +195,17 @@ def test_tiny_end_to_end_build_resume_show_pack(tmp_path):
     assert r4.returncode == 0, r4.stderr
     assert png.stat().st_size > 10000 and "onsets" in r4.stdout
 
+    tsv = tmp_path / "align.tsv"
+    r5 = subprocess.run([*cli, "corpus", "align", "polonaise", "--corpus", str(out), "--out", str(tsv)],
+                        capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r5.returncode == 0, r5.stderr
+    lines = tsv.read_text().splitlines()
+    header = lines[0].split("\t")
+    assert header[:2] == ["note", "page"] and "strip_x" in header and "onset_s" in header
+    assert len(lines) - 1 == meta["notes"]  # one row per performed note onset
+    onset = [float(l.split("\t")[header.index("onset_s")]) for l in lines[1:]]
+    assert np.all(np.diff(onset) >= 0)
+
     from models.corpus.pack import build_pack
     from models.corpus.reader import Corpus
 

@@ -76,6 +76,29 @@ class Piece:
         z = np.load(self.dir / f"p{j}.npz")
         return z["spec"].astype(np.float32), z["onsets"].astype(np.float64)
 
+    def alignment(self, j: int, e: int = 0) -> list[dict]:
+        """Every performed notehead onset of performance ``j`` on engraving ``e``:
+        note id, page (1-based), notehead box (page px), onset time and frame,
+        and the notehead centre in the unrolled strip.  Repeated passages list
+        the same notehead once per performed pass."""
+        _, onsets = self.performance(j)
+        segs = {(s.page, s.system): s for s in self.strip(e).segments}
+        where = {}
+        for p, lay in enumerate(self.layout(e)):
+            for nid, (k, x0, y0, x1, y1) in lay.notes.items():
+                where[nid] = (p, k, x0, y0, x1, y1)
+        rows = []
+        for ev, ids in enumerate(self.timing.event_ids):
+            for nid in ids:
+                if nid not in where:
+                    continue
+                p, k, x0, y0, x1, y1 = where[nid]
+                sx, sy = segs[(p, k)].page_to_strip((x0 + x1) / 2, (y0 + y1) / 2)
+                rows.append({"note": nid, "page": p + 1, "system": k + 1, "x0": round(x0, 1), "y0": round(y0, 1), "x1": round(x1, 1),
+                             "y1": round(y1, 1), "onset_s": round(float(onsets[ev]), 4), "frame": int(round(onsets[ev] * FPS)),
+                             "strip_x": round(sx, 1), "strip_y": round(sy, 1)})
+        return rows
+
     def pairs(self, j: int, e: int = 0) -> Pairs:
         """Aligned pairs for performance ``j`` on engraving ``e``, one per distinct onset frame."""
         _, onsets = self.performance(j)
