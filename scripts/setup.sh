@@ -34,7 +34,15 @@ if [ -z "$PY" ]; then
 fi
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $PY"
-  "$PY" -m venv .venv
+  if ! "$PY" -m venv .venv 2>/dev/null; then
+    # Debian's own python3 needs the venv module from a separate package
+    rm -rf .venv
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    ver=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "python${ver}-venv" >/dev/null || \
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    "$PY" -m venv .venv
+  fi
 fi
 EXTRAS="${SCORESTREAM_EXTRAS:-train,dev}"
 stamp=".venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)-${EXTRAS//,/_}"
