@@ -27,6 +27,12 @@ def shipped_models(weights: Path = WEIGHTS) -> list[str]:
     return sorted(p.name[: -len("_audio.onnx")] for p in weights.glob("*_audio.onnx") if (weights / p.name.replace("_audio", "_sheet")).is_file())
 
 
+def default_models(weights: Path = WEIGHTS) -> list[str]:
+    """Every shipped model, plus the ensemble of all of them when there are several."""
+    names = shipped_models(weights)
+    return names + (["+".join(names)] if len(names) > 1 else [])
+
+
 def _evenly(n: int, c: int) -> np.ndarray:
     if n <= c:
         return np.arange(n)
@@ -111,7 +117,7 @@ def markdown(results: dict) -> str:
 
 
 def evaluate(models: list[str], corpus: str | None = None, pack: str | None = None, split: str = "test", candidates: int = 10000) -> dict:
-    from .embedder import Embedder
+    from .embedder import load_embedder
 
     if not models:
         raise FileNotFoundError(f"no shipped model in {WEIGHTS} (expected NAME_audio.onnx + NAME_sheet.onnx)")
@@ -120,7 +126,7 @@ def evaluate(models: list[str], corpus: str | None = None, pack: str | None = No
     results: dict = {"models": {}}
     selection = None
     for name in models:
-        emb = Embedder(WEIGHTS / name if not Path(name).parent.name else name)
+        emb = load_embedder(name)
         if corpus:
             if selection is None:
                 selection, facts = corpus_protocol(corpus, split, candidates)
@@ -129,12 +135,12 @@ def evaluate(models: list[str], corpus: str | None = None, pack: str | None = No
         else:
             a, s, facts = pack_protocol(pack, split, candidates, emb)
             results["protocol"] = facts
-        results["models"][Path(name).name] = {**both_directions(a, s), "audio_frames": emb.audio_frames}
+        results["models"]["+".join(Path(p).name for p in name.split("+"))] = {**both_directions(a, s), "audio_frames": emb.audio_frames}
     return results
 
 
 def main(a) -> int:
-    models = a.model or shipped_models()
+    models = a.model or default_models()
     res = evaluate(models, corpus=a.corpus, pack=a.pack, split=a.split, candidates=a.candidates)
     table = markdown(res)
     print(table)

@@ -77,9 +77,22 @@ class RetrievalLoss(nn.Module):
 
 # --------------------------------------------------------------------------- embedding / evaluation
 
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX).
+
+    There bf16 autocast makes CPU training ~2.5x faster (measured: 116 vs 41
+    pairs/s for the baseline on 2 EPYC cores); elsewhere bf16 is emulated and
+    slower than float32, so it stays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -214,7 +227,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast (default: on for CUDA and for CPUs with native bf16)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt if present")
     p.add_argument("--init", default=None, help="start from the weights of a best.pt/ckpt.pt (fine-tuning); config taken from it")
     p.add_argument("--benchmark", type=int, default=0, metavar="N",
@@ -239,7 +252,7 @@ def _run(args, out: Path, log: Logger, t_start: float) -> dict:
     cuda = device.type == "cuda"
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    amp = cuda and not args.no_amp
+    amp = (cuda or cpu_has_native_bf16()) and not args.no_amp
     if cuda:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -268,8 +281,7 @@ def _run(args, out: Path, log: Logger, t_start: float) -> dict:
     aug = AugConfig.none() if args.no_aug else AugConfig()
     maker = BatchMaker(pack, cfg.audio_frames, aug)
     model = build_model(cfg).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
     loss_fn = RetrievalLoss(args.loss, args.tau, not args.fixed_tau, args.margin).to(device)
     params = list(model.parameters()) + [p for p in loss_fn.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=args.lr)
@@ -318,7 +330,7 @@ def _run(args, out: Path, log: Logger, t_start: float) -> dict:
     def validate() -> float:
         nonlocal best, best_step, bad, est_final_s
         t0 = time.time()
-        res = evaluate_pairs(model, maker, valid_idx, amp=amp, channels_last=cuda)  # eager: no recompiles
+        res = evaluate_pairs(model, maker, valid_idx, amp=amp, channels_last=True)  # eager: no recompiles
         dt = time.time() - t0
         est_final_s = 2.0 + dt * max(1.0, min(args.test_pairs, pack.n_pairs) / max(1, len(valid_idx)))
         mrr = res["A2S"]["MRR"]
@@ -356,9 +368,8 @@ def _run(args, out: Path, log: Logger, t_start: float) -> dict:
             g_["lr"] = args.lr * lr_factor(progress(), step, args.warmup, args.sched)
         idx = pack.sample_pairs("train", args.batch, gen)
         spec, sheet = maker.batch(idx, train=True, generator=gen)
-        if cuda:
-            spec = spec.contiguous(memory_format=torch.channels_last)
-            sheet = sheet.contiguous(memory_format=torch.channels_last)
+        spec = spec.contiguous(memory_format=torch.channels_last)
+        sheet = sheet.contiguous(memory_format=torch.channels_last)
         loss = _optimise(fmodel, loss_fn, opt, spec, sheet, device, amp)
         step += 1
         pairs_seen += args.batch
@@ -383,7 +394,7 @@ def _run(args, out: Path, log: Logger, t_start: float) -> dict:
     # ---- final evaluation of the best model
     best_obj = torch.load(str(out / "best.pt"), map_location=device, weights_only=False)
     model.load_state_dict(best_obj["state_dict"])
-    res, info = evaluate_test_protocol(model, pack, maker, args.test_pairs, amp=amp, channels_last=cuda)
+    res, info = evaluate_test_protocol(model, pack, maker, args.test_pairs, amp=amp, channels_last=True)
     wall = time.time() - t_start
     result = {
         "config": cfg.to_dict(), "test": res, "protocol": info,
@@ -410,9 +421,8 @@ def _benchmark(args, device, pack, maker, fmodel, loss_fn, opt, gen, amp, log) -
     def assemble():
         idx = pack.sample_pairs("train", args.batch, gen)
         spec, sheet = maker.batch(idx, train=True, generator=gen)
-        if cuda:
-            spec = spec.contiguous(memory_format=torch.channels_last)
-            sheet = sheet.contiguous(memory_format=torch.channels_last)
+        spec = spec.contiguous(memory_format=torch.channels_last)
+        sheet = sheet.contiguous(memory_format=torch.channels_last)
         return spec, sheet
 
     def train_step():

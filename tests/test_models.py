@@ -359,3 +359,41 @@ def test_embedder_does_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_ensemble_embedder_equals_members(tmp_path):
+    """An ensemble of a 2.1 s and a 4.2 s model: each member sees exactly the window it
+    would see alone (centred crop), embeddings are concatenated and stay unit length,
+    and the ensemble's cosine is the mean of the members' cosines."""
+    from models.embedder import EnsembleEmbedder, load_embedder
+    from models.export import export_model
+    from models.nets import save_best
+    from models.windows import audio_windows
+
+    torch.manual_seed(1)
+    for name in ("baseline", "long"):
+        model = _randomise_bn(build_model(load_config(name)))
+        save_best(tmp_path / f"{name}.pt", model)
+        export_model(load_model(tmp_path / f"{name}.pt"), tmp_path / "w" / name)
+    ens = load_embedder(f"{tmp_path / 'w' / 'baseline'}+{tmp_path / 'w' / 'long'}")
+    assert isinstance(ens, EnsembleEmbedder)
+    assert ens.audio_frames == 84 and ens.embed_dim == 64 and ens.name == "baseline+long"
+    bl, lg = ens.members
+    rng = np.random.default_rng(3)
+    spec = (rng.random((300, 92)) * 3).astype(np.float32)
+    frames = np.array([0, 5, 100, 299])
+    sheet = rng.random((4, 80, 100)).astype(np.float32)
+    a = ens.embed_audio(audio_windows(spec, frames, ens.audio_frames))
+    s = ens.embed_sheet(sheet)
+    a_bl = bl.embed_audio(audio_windows(spec, frames, 42))
+    a_lg = lg.embed_audio(audio_windows(spec, frames, 84))
+    np.testing.assert_allclose(a, np.concatenate([a_bl, a_lg], 1) / np.sqrt(2), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    s_bl, s_lg = bl.embed_sheet(sheet), lg.embed_sheet(sheet)
+    np.testing.assert_allclose(a @ s.T, 0.5 * (a_bl @ s_bl.T + a_lg @ s_lg.T), atol=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        ens.embed_audio(audio_windows(spec, frames, 42))
+    with pytest.raises(FileNotFoundError):
+        load_embedder(f"{tmp_path / 'w' / 'baseline'}+nonexistent_model")
+    with pytest.raises(ValueError, match="empty model spec"):
+        load_embedder(" + ")
