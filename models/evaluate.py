@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import PUBLISHED, both_directions
+from .metrics import PUBLISHED, both_directions, error_breakdown
 from .windows import audio_windows, ink, sheet_snippets
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -67,6 +67,11 @@ def corpus_protocol(corpus_dir: str | Path, split: str, candidates: int) -> tupl
     return [(corpus.piece(pid), j, np.array([g[0] for g in v]), np.array([g[1] for g in v])) for (pid, j), v in groups.items()], facts
 
 
+def selection_groups(selection: list) -> np.ndarray:
+    """Piece number of every selected pair, in embedding order."""
+    return np.concatenate([np.full(len(frames), k) for k, (_, _, frames, _) in enumerate(selection)])
+
+
 def embed_corpus_selection(selection: list, embedder) -> tuple[np.ndarray, np.ndarray]:
     a_out, s_out = [], []
     for piece, j, frames, xs in selection:
@@ -77,7 +82,7 @@ def embed_corpus_selection(selection: list, embedder) -> tuple[np.ndarray, np.nd
 
 
 def pack_protocol(pack_path: str | Path, split: str, candidates: int, embedder) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Same protocol on a training pack (numpy decode, no torch)."""
+    """Same protocol on a training pack (numpy decode, no torch); facts["groups"] holds piece ids."""
     z = np.load(pack_path)
     meta = json.loads(str(z["meta"]))
     code = {"train": 0, "valid": 1, "test": 2}[split]
@@ -99,7 +104,8 @@ def pack_protocol(pack_path: str | Path, split: str, candidates: int, embedder) 
     a = np.concatenate([embedder.embed_audio(np.stack(a_list[k: k + 1024])) for k in range(0, len(a_list), 1024)])
     s = np.concatenate([embedder.embed_sheet(np.stack(s_list[k: k + 1024])) for k in range(0, len(s_list), 1024)])
     return a, s, {"source": str(pack_path), "split": split, "timbre": meta["timbres"][meta["test_timbre"]], "tempo": 1.0,
-                  "pool": int(len(pool)), "candidates": int(len(sel))}
+                  "pool": int(len(pool)), "candidates": int(len(sel)), "pieces": int(len(np.unique(pr[sel, 7]))),
+                  "groups": pr[sel, 7]}
 
 
 def markdown(results: dict) -> str:
@@ -113,6 +119,17 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | {d} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['R@25']:.1f} | {m['MRR']:.3f} | {m['MR']:g} |")
     for name, m in PUBLISHED.items():
         lines.append(f"| {name} (published, MSMD synthetic) | A2S | {m['R@1']:.1f} | – | – | {m['MRR']:.2f} | – |")
+    if any("errors" in r for r in results["models"].values()):
+        lines += ["", "Where the errors are (R@1 % searching only the query's own piece / leaving its own piece's "
+                  "other candidates out; % of queries whose top hit is wrong and in the same / another piece):", "",
+                  "| model | direction | R@1 within piece | R@1 across pieces | wrong, same piece | wrong, other piece |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for name, r in results["models"].items():
+            for d in ("A2S", "S2A"):
+                e = r.get("errors", {}).get(d)
+                if e:
+                    lines.append(f"| {name} | {d} | {e['R@1_within_piece']:.1f} | {e['R@1_across_pieces']:.1f} | "
+                                 f"{e['top1_wrong_same_piece']:.1f} | {e['top1_wrong_other_piece']:.1f} |")
     return "\n".join(lines)
 
 
@@ -131,11 +148,15 @@ def evaluate(models: list[str], corpus: str | None = None, pack: str | None = No
             if selection is None:
                 selection, facts = corpus_protocol(corpus, split, candidates)
                 results["protocol"] = facts
+                groups = selection_groups(selection)
             a, s = embed_corpus_selection(selection, emb)
         else:
             a, s, facts = pack_protocol(pack, split, candidates, emb)
+            groups = facts.pop("groups")
             results["protocol"] = facts
-        results["models"]["+".join(Path(p).name for p in name.split("+"))] = {**both_directions(a, s), "audio_frames": emb.audio_frames}
+        results["models"]["+".join(Path(p).name for p in name.split("+"))] = {
+            **both_directions(a, s), "audio_frames": emb.audio_frames,
+            "errors": {"A2S": error_breakdown(a, s, groups), "S2A": error_breakdown(s, a, groups)}}
     return results
 
 

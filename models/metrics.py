@@ -58,6 +58,48 @@ def both_directions(audio_emb: np.ndarray, sheet_emb: np.ndarray) -> dict:
     return {"A2S": retrieval_metrics(audio_emb, sheet_emb), "S2A": retrieval_metrics(sheet_emb, audio_emb)}
 
 
+def error_breakdown(queries: np.ndarray, candidates: np.ndarray, groups: np.ndarray, chunk: int = 2048) -> dict:
+    """Where the retrieval errors come from, given each pair's piece id ``groups``.
+
+    * ``R@1_within_piece``: R@1 when only the query's own piece is searched
+      (can the model tell positions within a piece apart?);
+    * ``R@1_across_pieces``: R@1 when the other candidates of its own piece are
+      left out (can it tell pieces apart?);
+    * ``top1_wrong_same_piece`` / ``top1_wrong_other_piece``: percent of queries whose
+      best-scoring candidate (when it scores above the true one) is in the same /
+      another piece.
+    """
+    q = np.asarray(queries, np.float32)
+    c = np.asarray(candidates, np.float32)
+    g = np.asarray(groups).reshape(-1)
+    n = q.shape[0]
+    if g.shape[0] != n or c.shape[0] != n:
+        raise ValueError(f"groups ({g.shape[0]}) must have one entry per pair ({n})")
+    within = np.empty(n, np.int64)
+    across = np.empty(n, np.int64)
+    wrong_same = wrong_other = 0
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        sims = q[s:e] @ c.T
+        rows = np.arange(e - s)
+        true = sims[rows, np.arange(s, e)]
+        better = sims > true[:, None]
+        same = g[s:e, None] == g[None, :]
+        within[s:e] = 1 + (better & same).sum(1)
+        across[s:e] = 1 + (better & ~same).sum(1)
+        top = sims.argmax(1)
+        wrong = sims[rows, top] > true
+        top_same = g[top] == g[s:e]
+        wrong_same += int((wrong & top_same).sum())
+        wrong_other += int((wrong & ~top_same).sum())
+    return {
+        "R@1_within_piece": float(np.mean(within == 1) * 100),
+        "R@1_across_pieces": float(np.mean(across == 1) * 100),
+        "top1_wrong_same_piece": 100.0 * wrong_same / n,
+        "top1_wrong_other_piece": 100.0 * wrong_other / n,
+    }
+
+
 def format_table(results: dict, name: str = "ours", published: dict | None = None) -> str:
     """Markdown table: our A2S/S2A rows beside the published audio-to-sheet numbers."""
     published = PUBLISHED if published is None else published

@@ -397,3 +397,18 @@ def test_ensemble_embedder_equals_members(tmp_path):
         load_embedder(f"{tmp_path / 'w' / 'baseline'}+nonexistent_model")
     with pytest.raises(ValueError, match="empty model spec"):
         load_embedder(" + ")
+
+
+def test_error_breakdown_separates_within_and_across_piece_errors():
+    from models.metrics import error_breakdown
+
+    # 4 pairs, pieces [0, 0, 1, 1]; query 0 prefers candidate 1 (same piece),
+    # query 2 prefers candidate 0 (other piece), queries 1 and 3 are right.
+    c = np.eye(4, dtype=np.float32)
+    q = np.array([[0.6, 0.8, 0, 0], [0, 1, 0, 0], [0.8, 0, 0.6, 0], [0, 0, 0, 1]], np.float32)
+    e = error_breakdown(q, c, np.array([0, 0, 1, 1]))
+    assert e["top1_wrong_same_piece"] == 25.0 and e["top1_wrong_other_piece"] == 25.0
+    assert e["R@1_within_piece"] == 75.0        # query 0 loses inside its piece
+    assert e["R@1_across_pieces"] == 75.0       # query 2 loses to another piece
+    with pytest.raises(ValueError, match="one entry per pair"):
+        error_breakdown(q, c, np.array([0, 1]))
