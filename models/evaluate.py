@@ -72,9 +72,12 @@ def selection_groups(selection: list) -> np.ndarray:
     return np.concatenate([np.full(len(frames), k) for k, (_, _, frames, _) in enumerate(selection)])
 
 
-def embed_corpus_selection(selection: list, embedder) -> tuple[np.ndarray, np.ndarray]:
+def embed_corpus_selection(selection: list, embedder, label: str = "") -> tuple[np.ndarray, np.ndarray]:
     a_out, s_out = [], []
-    for piece, j, frames, xs in selection:
+    step = max(1, len(selection) // 10)
+    for k, (piece, j, frames, xs) in enumerate(selection):
+        if label and (k % step == 0 or k == len(selection) - 1):
+            print(f"\r{label}: piece {k + 1}/{len(selection)}", end="", file=sys.stderr, flush=True)
         spec, _ = piece.performance(j)
         a_out.append(embedder.embed_audio(audio_windows(spec, frames, embedder.audio_frames)))
         s_out.append(embedder.embed_sheet(sheet_snippets(ink(piece.strip(0).image), xs)))
@@ -149,7 +152,8 @@ def evaluate(models: list[str], corpus: str | None = None, pack: str | None = No
                 selection, facts = corpus_protocol(corpus, split, candidates)
                 results["protocol"] = facts
                 groups = selection_groups(selection)
-            a, s = embed_corpus_selection(selection, emb)
+            a, s = embed_corpus_selection(selection, emb, label=f"embedding {name}")
+            print(file=sys.stderr)
         else:
             a, s, facts = pack_protocol(pack, split, candidates, emb)
             groups = facts.pop("groups")
