@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -77,6 +78,7 @@ class RetrievalLoss(nn.Module):
 
 # --------------------------------------------------------------------------- embedding / evaluation
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX).
 
@@ -91,7 +93,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type in ("cuda", "cpu"):
+    """bf16 autocast where it pays: CUDA, and CPUs with native bf16 (else a no-op)."""
+    if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
