@@ -38,6 +38,7 @@ class Embedder:
         for p in (audio_path, sheet_path):
             if not Path(p).is_file():
                 raise FileNotFoundError(f"ONNX model not found: {p}")
+        self.name = Path(audio_path).name.removesuffix(".onnx").removesuffix("_audio")
         if providers is None:
             avail = ort.get_available_providers()
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
@@ -103,8 +104,8 @@ class EnsembleEmbedder:
 
     Why: two independently trained pathways make partly independent mistakes;
     averaging their cosine similarities retrieves better than either alone
-    (measured on the corpus test split, 10,000 candidates: bl1_2s 44.1 %,
-    bl2_4s_at 41.0 %, both together 50.8 % audio-to-sheet R@1).  Member
+    (measured on the corpus test split, 10,000 candidates: bl1_2s 50.5 %,
+    bl2_4s_at 46.4 %, both together 56.6 % audio-to-sheet R@1).  Member
     embeddings are concatenated and each scaled by 1/sqrt(k), so the result is
     still L2-normalised and its dot product is the mean of the members' cosines —
     everything downstream (index, tracker) treats it like one wider model.
@@ -114,7 +115,7 @@ class EnsembleEmbedder:
     exactly the window it would have been given on its own.
     """
 
-    def __init__(self, members: list[Embedder], name: str = ""):
+    def __init__(self, members: list[Embedder]):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         bins = {m.spec_bins for m in members}
@@ -122,7 +123,7 @@ class EnsembleEmbedder:
         if len(bins) != 1 or len(shapes) != 1:
             raise ValueError(f"ensemble members disagree on input shapes: spec bins {sorted(bins)}, sheet {sorted(shapes)}")
         self.members = list(members)
-        self.name = name
+        self.name = "+".join(m.name for m in members)
         self.spec_bins = bins.pop()
         self.sheet_shape = shapes.pop()
         self.audio_frames = max(m.audio_frames for m in members)
@@ -137,11 +138,21 @@ class EnsembleEmbedder:
         for m in self.members:
             off = self.audio_frames // 2 - m.audio_frames // 2
             outs.append(m.embed_audio(x[:, :, off: off + m.audio_frames]))
-        return np.concatenate(outs, axis=1) * self._scale
+        return self.combine(outs)
 
     def embed_sheet(self, snippets: np.ndarray) -> np.ndarray:
         """(B, 80, 100) in [0, 1], ink = 1 -> (B, embed_dim)."""
-        return np.concatenate([m.embed_sheet(snippets) for m in self.members], axis=1) * self._scale
+        return self.combine([m.embed_sheet(snippets) for m in self.members])
+
+    def combine(self, member_embeddings: list[np.ndarray]) -> np.ndarray:
+        """The ensemble embedding from the members' own embeddings (in member order).
+
+        Lets a caller that already has each member's embeddings (evaluation of
+        several models over the same pairs) build the ensemble's without running
+        the networks again."""
+        if len(member_embeddings) != len(self.members):
+            raise ValueError(f"need one embedding array per member ({len(self.members)}), got {len(member_embeddings)}")
+        return np.concatenate(member_embeddings, axis=1) * self._scale
 
 
 def _member_prefix(part: str, weights: Path) -> Path:
@@ -163,6 +174,4 @@ def load_embedder(spec: str | Path, weights: str | Path = WEIGHTS, **kw) -> Embe
     if not parts:
         raise ValueError(f"empty model spec {spec!r}: give a model name such as 'bl1_2s' or 'bl1_2s+bl2_4s_at'")
     members = [Embedder(_member_prefix(p, Path(weights)), **kw) for p in parts]
-    if len(members) == 1:
-        return members[0]
-    return EnsembleEmbedder(members, name="+".join(Path(p).name for p in parts))
+    return members[0] if len(members) == 1 else EnsembleEmbedder(members)

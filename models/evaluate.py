@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .embedder import WEIGHTS, EnsembleEmbedder, load_embedder
 from .metrics import PUBLISHED, both_directions, error_breakdown
 from .windows import audio_windows, ink, sheet_snippets
-
-WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
 def shipped_models(weights: Path = WEIGHTS) -> list[str]:
@@ -137,28 +136,43 @@ def markdown(results: dict) -> str:
 
 
 def evaluate(models: list[str], corpus: str | None = None, pack: str | None = None, split: str = "test", candidates: int = 10000) -> dict:
-    from .embedder import load_embedder
-
     if not models:
         raise FileNotFoundError(f"no shipped model in {WEIGHTS} (expected NAME_audio.onnx + NAME_sheet.onnx)")
     if not corpus and not pack:
         raise ValueError("give --corpus DIR or --pack FILE")
     results: dict = {"models": {}}
     selection = None
-    for name in models:
-        emb = load_embedder(name)
+    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # member name -> (audio, sheet) embeddings
+
+    def embed(e) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal selection, groups
+        if e.name in cache:
+            return cache[e.name]
         if corpus:
             if selection is None:
                 selection, facts = corpus_protocol(corpus, split, candidates)
                 results["protocol"] = facts
                 groups = selection_groups(selection)
-            a, s = embed_corpus_selection(selection, emb, label=f"embedding {name}")
+            out = embed_corpus_selection(selection, e, label=f"embedding {e.name}")
             print(file=sys.stderr)
         else:
-            a, s, facts = pack_protocol(pack, split, candidates, emb)
+            *out, facts = pack_protocol(pack, split, candidates, e)
             groups = facts.pop("groups")
             results["protocol"] = facts
-        results["models"]["+".join(Path(p).name for p in name.split("+"))] = {
+        cache[e.name] = tuple(out)
+        return cache[e.name]
+
+    groups = None
+    for name in models:
+        emb = load_embedder(name)
+        if isinstance(emb, EnsembleEmbedder):
+            # each member sees exactly its own windows inside the ensemble (models.embedder),
+            # so members already embedded are reused instead of run again
+            parts = [embed(m) for m in emb.members]
+            a, s = emb.combine([p[0] for p in parts]), emb.combine([p[1] for p in parts])
+        else:
+            a, s = embed(emb)
+        results["models"][emb.name] = {
             **both_directions(a, s), "audio_frames": emb.audio_frames,
             "errors": {"A2S": error_breakdown(a, s, groups), "S2A": error_breakdown(s, a, groups)}}
     return results
