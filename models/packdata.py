@@ -44,6 +44,22 @@ P_SPEC_START, P_SPEC_LEN, P_STRIP_START, P_STRIP_LEN, P_SPLIT, P_TIMBRE, P_TEMPO
 
 # --------------------------------------------------------------------------- pack
 
+def _decode(meta: dict, spec: np.ndarray, strips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays of a version-1 pack as stored; version 2 (``codec: lzma``, written by
+    ``models.corpus.pack.repack``) holds lzma streams: the spectrogram bins-major."""
+    codec = meta.get("codec")
+    if not codec:
+        return np.ascontiguousarray(spec, dtype=np.uint8), np.asarray(strips, dtype=np.uint8)
+    if codec != "lzma":
+        raise ValueError(f"unknown pack codec {codec!r}; this scorestream reads zlib (version 1) and lzma (version 2) packs")
+    import lzma
+
+    t, b = meta["spec_shape"]
+    spec = np.frombuffer(lzma.decompress(spec.tobytes()), dtype=np.uint8).reshape(b, t).T
+    strips = np.frombuffer(lzma.decompress(strips.tobytes()), dtype=np.uint8).reshape(meta["strips_shape"])
+    return np.ascontiguousarray(spec), strips
+
+
 def _split_id(split: str | int) -> int:
     if isinstance(split, str):
         return SPLITS.index(split)
@@ -80,8 +96,7 @@ class Pack:
         device = torch.device(device)
         with np.load(str(path), allow_pickle=False) as z:
             meta = json.loads(str(z["meta"][()]))
-            spec = np.ascontiguousarray(z["spec"], dtype=np.uint8)
-            strips = np.asarray(z["strips"], dtype=np.uint8)
+            spec, strips = _decode(meta, z["spec"], z["strips"])
             perfs = np.asarray(z["perfs"], dtype=np.int64)
             pairs = np.asarray(z["pairs"], dtype=np.int64)
         bins = int(meta.get("spec_bins", 92))
@@ -298,6 +313,9 @@ class BatchMaker:
             x1, v1 = self._gather_frames(p0 + 1, lo, hi)
             x = x0 * (1 - frac) + x1 * frac
             valid = v0 | v1
+        if train and int(pk.meta.get("spec_bits", 8)) < 8:
+            # coarsely quantised packs: dither back to continuous values (uniform within one step)
+            x = x + (torch.rand(x.shape, device=dev, generator=g) - 0.5) * (valid[:, :, None].float() / pk.spec_scale)
         x = x.transpose(1, 2)                              # (B, bins, F)
         if train and a.audio:
             x = self._augment_audio(x, valid, g)

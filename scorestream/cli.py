@@ -59,6 +59,15 @@ def _corpus_pack(a: argparse.Namespace) -> int:
     return 0
 
 
+def _corpus_repack(a: argparse.Namespace) -> int:
+    from models.corpus.pack import repack
+
+    info = repack(a.pack, a.out, max_mb=a.max_mb, spec_bits=a.spec_bits, seed=a.seed)
+    info["pieces"] = len(set(info.get("pieces") or []))
+    print(json.dumps(info, indent=1))
+    return 0
+
+
 def _eval_retrieval(a: argparse.Namespace) -> int:
     from models.evaluate import main as eval_main
 
@@ -110,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--train-hours", type=float, default=None, help="cap on training audio hours (default: as much as fits)")
     pk.add_argument("--excerpt-s", type=float, default=60.0, help="cut training takes to this many seconds (0: whole takes)")
     pk.set_defaults(func=_corpus_pack)
+
+    rp = csub.add_parser("repack", help="denser pack (lzma, fewer spectrogram bits) drawn from a bigger pack, to fit a GPU upload")
+    rp.add_argument("pack", help="source pack.npz (version 1)")
+    rp.add_argument("--out", required=True)
+    rp.add_argument("--max-mb", type=float, default=53.0)
+    rp.add_argument("--spec-bits", type=int, default=6, help="bits per spectrogram value (4..8; dithered back in training)")
+    rp.add_argument("--seed", type=int, default=0)
+    rp.set_defaults(func=_corpus_repack)
 
     ev = sub.add_parser("eval", help="evaluate models")
     esub = ev.add_subparsers(dest="eval_command", required=True)

@@ -2,6 +2,7 @@
 # Train the shipped embedding models on one rented GPU within a fixed wall clock.
 #
 #   bash scripts/gpu_train.sh PACK OUTDIR MINUTES
+#   INIT_BL=bl.pt INIT_LONG=long.pt LR=5e-4 bash scripts/gpu_train.sh PACK OUTDIR MINUTES   # fine-tune
 #
 # Trains the 2.1 s baseline and the long-context attention model side by side
 # on the same GPU (each is small; together they use it better), evaluates both
@@ -19,23 +20,26 @@ python3 -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.c
 
 # Outputs go straight to OUTDIR (best.pt is rewritten at every improvement), so a run
 # cut off by the lease still leaves its best model behind.
-train() {  # name config minutes
-  local name=$1 cfg=$2 min=$3
+LR=${LR:-1e-3}
+train() {  # name config minutes [init checkpoint]
+  local name=$1 cfg=$2 min=$3 init=${4:-}
+  local extra=(--lr "$LR")
+  [ -n "$init" ] && extra+=(--init "$init" --warmup 100)
   python3 -m models.train --pack "$PACK" --config "$cfg" --out "$OUTDIR/$name" --device cuda \
-      --budget-min "$min" --batch 1024 --val-every 150 --patience 1000 > "/tmp/$name.stdout" 2>&1
+      --budget-min "$min" --batch 1024 --val-every 150 --patience 1000 "${extra[@]}" > "/tmp/$name.stdout" 2>&1
   local rc=$?
   if [ $rc -ne 0 ] && ! grep -q "valid step" "$OUTDIR/$name/train.log" 2>/dev/null; then
     echo "[$name] failed early (rc=$rc), retrying without AMP"; tail -8 "/tmp/$name.stdout"
     rm -rf "$OUTDIR/$name"
     python3 -m models.train --pack "$PACK" --config "$cfg" --out "$OUTDIR/$name" --device cuda \
-        --budget-min "$(python3 -c "print(max(1.0, $min - 0.8))")" --batch 1024 --val-every 150 --patience 1000 --no-amp > "/tmp/$name.stdout" 2>&1
+        --budget-min "$(python3 -c "print(max(1.0, $min - 0.8))")" --batch 1024 --val-every 150 --patience 1000 --no-amp "${extra[@]}" > "/tmp/$name.stdout" 2>&1
     rc=$?
   fi
   echo "[$name] exit $rc"; grep -E "valid step|stopped|pairs seen" "/tmp/$name.stdout" | tail -4
 }
 
-train bl baseline "$MIN" &
-train long long "$MIN" &
+train bl baseline "$MIN" "${INIT_BL:-}" &
+train long long "$MIN" "${INIT_LONG:-}" &
 wait
 grep -h -A7 "^| model" "$OUTDIR"/*/train.log
 
