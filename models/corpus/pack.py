@@ -224,11 +224,11 @@ def repack(src: str | Path, out: str | Path, max_mb: float = 53.0, spec_bits: in
     budget = max_mb * 1e6
     # estimate the compression ratio on a sample, then shrink until the real thing fits
     n = len(train)
-    sample = build(np.concatenate([keep_eval, train[: max(20, n // 50)]]))
+    sample = build(train[: max(20, n // 50)] if n else keep_eval)
     ratio = sample[1].nbytes / len(_lzma(sample[1].T))
-    per_perf = sample[1].nbytes / len(sample[3])
-    n = min(n, int(budget * 0.96 * ratio / per_perf) - len(keep_eval))
-    log(f"repack: spec lzma ratio ~{ratio:.2f} at {spec_bits} bits; trying {n} of {len(train)} training performances")
+    per_perf = (len(_lzma(sample[1].T)) + len(_lzma(sample[2]))) / len(sample[3])
+    n = max(1, min(n, int(budget * 0.97 / per_perf) - len(keep_eval)))
+    log(f"repack: spectrogram lzma ratio ~{ratio:.2f} at {spec_bits} bits; trying {n} of {len(train)} training performances")
     while True:
         sel, q, s, rows, prs = build(np.concatenate([keep_eval, train[:n]]))
         spec_z, strips_z = _lzma(q.T), _lzma(s)
