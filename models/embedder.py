@@ -104,8 +104,8 @@ class EnsembleEmbedder:
 
     Why: two independently trained pathways make partly independent mistakes;
     averaging their cosine similarities retrieves better than either alone
-    (measured on the corpus test split, 10,000 candidates: bl1_2s 55.0 %,
-    bl2_4s_at 50.5 %, both together 62.1 % audio-to-sheet R@1).  Member
+    (measured on the corpus test split, 10,000 candidates: bl1_2s 58.8 %,
+    bl2_4s_at 54.6 %, both together 64.5 % audio-to-sheet R@1).  Member
     embeddings are concatenated and each scaled by 1/sqrt(k), so the result is
     still L2-normalised and its dot product is the mean of the members' cosines —
     everything downstream (index, tracker) treats it like one wider model.

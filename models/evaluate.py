@@ -38,30 +38,42 @@ def _evenly(n: int, c: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n - 1, c)).astype(np.int64))
 
 
-def corpus_protocol(corpus_dir: str | Path, split: str, candidates: int) -> tuple[list, dict]:
-    """Selected pairs per piece: [(piece, perf, frames, strip_x)], plus protocol facts."""
+def corpus_protocol(corpus_dir: str | Path, split: str, candidates: int, timbre: str | None = None) -> tuple[list, dict]:
+    """Selected pairs per piece: [(piece, perf, frames, strip_x)], plus protocol facts.
+
+    ``timbre=None`` is the paper's condition (held-out timbre, tempo 1.0, no
+    rubato).  A timbre name, or ``"any"``, takes each piece's first performance
+    in that timbre at whatever tempo: the validation split has only training
+    timbres, and model selection must not look at the test split.
+    """
     from .corpus.reader import Corpus
 
     corpus = Corpus(corpus_dir)
     info = json.loads((Path(corpus_dir) / "corpus.json").read_text())
-    test_timbre = info["timbres"]["test"]
+    want = info["timbres"]["test"] if timbre is None else timbre
     pool = []  # (piece, perf, frame, x)
     for pid in corpus.piece_ids(split):
         piece = corpus.piece(pid)
         for j, perf in enumerate(piece.meta["performances"]):
             st = perf["style"]
-            if st["timbre"] == test_timbre and abs(st["tempo"] - 1.0) < 1e-9 and st.get("rubato", 0) == 0:
+            if timbre is None:
+                ok = st["timbre"] == want and abs(st["tempo"] - 1.0) < 1e-9 and st.get("rubato", 0) == 0
+            else:
+                ok = want == "any" or st["timbre"] == want
+            if ok:
                 pr = piece.pairs(j, 0)
                 pool.extend((pid, j, int(f), float(x)) for f, x in zip(pr.frame, pr.strip_x))
                 break
     if not pool:
-        raise ValueError(f"{corpus_dir}: no {split} pairs with the held-out timbre {test_timbre!r} at tempo 1.0")
+        cond = f"the held-out timbre {want!r} at tempo 1.0" if timbre is None else f"timbre {want!r}"
+        raise ValueError(f"{corpus_dir}: no {split} pairs with {cond} (try --timbre any for the validation split)")
     sel = _evenly(len(pool), candidates)
     chosen = [pool[i] for i in sel]
     groups: dict[tuple[str, int], list[tuple[int, float]]] = {}
     for pid, j, f, x in chosen:
         groups.setdefault((pid, j), []).append((f, x))
-    facts = {"source": str(corpus_dir), "split": split, "timbre": test_timbre, "tempo": 1.0, "pool": len(pool), "candidates": len(chosen),
+    facts = {"source": str(corpus_dir), "split": split, "timbre": want, "tempo": 1.0 if timbre is None else "any",
+             "pool": len(pool), "candidates": len(chosen),
              "pieces": len({c[0] for c in chosen})}
     return [(corpus.piece(pid), j, np.array([g[0] for g in v]), np.array([g[1] for g in v])) for (pid, j), v in groups.items()], facts
 
@@ -113,7 +125,7 @@ def pack_protocol(pack_path: str | Path, split: str, candidates: int, embedder) 
 def markdown(results: dict) -> str:
     p = results["protocol"]
     lines = [f"Retrieval, {p['candidates']:,} candidates from {p['pool']:,} {p['split']} pairs "
-             f"(timbre {p['timbre']}, tempo 1.0), {p['source']}", "",
+             f"(timbre {p['timbre']}, tempo {p['tempo']}), {p['source']}", "",
              "| model | direction | R@1 % | R@5 % | R@25 % | MRR | median rank |", "|---|---|---:|---:|---:|---:|---:|"]
     for name, r in results["models"].items():
         for d in ("A2S", "S2A"):
@@ -135,7 +147,8 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate(models: list[str], corpus: str | None = None, pack: str | None = None, split: str = "test", candidates: int = 10000) -> dict:
+def evaluate(models: list[str], corpus: str | None = None, pack: str | None = None, split: str = "test", candidates: int = 10000,
+             timbre: str | None = None) -> dict:
     if not models:
         raise FileNotFoundError(f"no shipped model in {WEIGHTS} (expected NAME_audio.onnx + NAME_sheet.onnx)")
     if not corpus and not pack:
@@ -150,7 +163,7 @@ def evaluate(models: list[str], corpus: str | None = None, pack: str | None = No
             return cache[e.name]
         if corpus:
             if selection is None:
-                selection, facts = corpus_protocol(corpus, split, candidates)
+                selection, facts = corpus_protocol(corpus, split, candidates, timbre)
                 results["protocol"] = facts
                 groups = selection_groups(selection)
             out = embed_corpus_selection(selection, e, label=f"embedding {e.name}")
@@ -180,7 +193,7 @@ def evaluate(models: list[str], corpus: str | None = None, pack: str | None = No
 
 def main(a) -> int:
     models = a.model or default_models()
-    res = evaluate(models, corpus=a.corpus, pack=a.pack, split=a.split, candidates=a.candidates)
+    res = evaluate(models, corpus=a.corpus, pack=a.pack, split=a.split, candidates=a.candidates, timbre=getattr(a, "timbre", None))
     table = markdown(res)
     print(table)
     if a.json:

@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pack", help="or a training pack (.npz)")
     r.add_argument("--split", default="test")
     r.add_argument("--candidates", type=int, default=10000)
+    r.add_argument("--timbre", default=None, help="corpus only: a timbre name or 'any' instead of the paper's condition "
+                   "(held-out timbre, tempo 1.0); the valid split needs it")
     r.add_argument("--model", action="append", default=None, help="model under models/weights or a path prefix; A+B is an ensemble (repeatable; default: every shipped model and their ensemble)")
     r.add_argument("--json", default=None, help="write results here")
     r.add_argument("--markdown", default=None, help="write a Markdown table here")

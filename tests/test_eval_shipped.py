@@ -75,3 +75,19 @@ def test_eval_errors_are_clear(tmp_path):
     r = subprocess.run([sys.executable, "-m", "scorestream.cli", "eval", "retrieval", "--corpus", str(tmp_path)],
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2 and "not a corpus folder" in r.stderr
+
+
+def test_corpus_protocol_timbre_choice(tiny_test_corpus):
+    """--timbre picks another condition (for model selection on the valid split); the default
+    stays the paper's held-out-timbre, tempo-1.0 condition."""
+    from models.evaluate import corpus_protocol
+
+    sel, facts = corpus_protocol(tiny_test_corpus, "test", 100)
+    assert facts["tempo"] == 1.0 and facts["timbre"] == "FluidR3_GM"
+    sel_any, facts_any = corpus_protocol(tiny_test_corpus, "test", 100, timbre="any")
+    assert facts_any["tempo"] == "any" and facts_any["pool"] == facts["pool"]  # one take per piece: the same pool
+    assert [(p.id, j) for p, j, *_ in sel_any] == [(p.id, j) for p, j, *_ in sel]
+    with pytest.raises(ValueError, match="timbre 'NoSuchFont'"):
+        corpus_protocol(tiny_test_corpus, "test", 100, timbre="NoSuchFont")
+    with pytest.raises(ValueError, match="--timbre any"):
+        corpus_protocol(tiny_test_corpus, "valid", 100)
