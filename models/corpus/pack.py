@@ -230,12 +230,15 @@ def repack(src: str | Path, out: str | Path, max_mb: float = 53.0, spec_bits: in
     n = max(1, min(n, int(budget * 0.97 / per_perf) - len(keep_eval)))
     log(f"repack: spectrogram lzma ratio ~{ratio:.2f} at {spec_bits} bits; trying {n} of {len(train)} training performances")
     while True:
+        log(f"repack: compressing {n} training performances (lzma is slow: about a minute per 100 MB)")
         sel, q, s, rows, prs = build(np.concatenate([keep_eval, train[:n]]))
         spec_z, strips_z = _lzma(q.T), _lzma(s)
         size = spec_z.nbytes + strips_z.nbytes + prs.nbytes // 2 + rows.nbytes
         log(f"repack: {n} training performances -> {size / 1e6:.1f} MB")
-        if size <= budget or n <= 1:
+        if size <= budget:
             break
+        if n <= 1:
+            raise ValueError(f"the validation and test sets of {src} alone exceed {max_mb} MB; raise --max-mb")
         n = int(n * budget / size * 0.98)
     pieces = meta.get("pieces")
     out_meta = dict(meta)
