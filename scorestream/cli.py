@@ -53,7 +53,8 @@ def _corpus_align(a: argparse.Namespace) -> int:
 def _corpus_pack(a: argparse.Namespace) -> int:
     from models.corpus.pack import build_pack
 
-    info = build_pack(a.corpus, a.out, max_mb=a.max_mb, max_train_hours=a.train_hours, excerpt_s=a.excerpt_s or None)
+    info = build_pack(a.corpus, a.out, max_mb=a.max_mb, max_train_hours=a.train_hours, excerpt_s=a.excerpt_s or None,
+                      valid_pairs=a.valid_pairs)
     info["pieces"] = len(set(info["pieces"]))
     print(json.dumps(info, indent=1))
     return 0
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--max-mb", type=float, default=55.0)
     pk.add_argument("--train-hours", type=float, default=None, help="cap on training audio hours (default: as much as fits)")
     pk.add_argument("--excerpt-s", type=float, default=60.0, help="cut training takes to this many seconds (0: whole takes)")
+    pk.add_argument("--valid-pairs", type=int, default=8000,
+                    help="validation pairs (20 s excerpts of as many validation pieces; early stopping chooses on these)")
     pk.set_defaults(func=_corpus_pack)
 
     rp = csub.add_parser("repack", help="denser pack (lzma, fewer spectrogram bits) drawn from a bigger pack, to fit a GPU upload")
