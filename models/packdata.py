@@ -279,6 +279,8 @@ class BatchMaker:
         self._shifts = torch.arange(7, -1, -1, device=self.device, dtype=torch.uint8)
         self._bin_pos = torch.linspace(0, 1, self.bins, device=self.device)
         self.db_unit = float(self.aug.db_unit if self.aug.db_unit is not None else pack.meta.get("db_unit", 0.05))
+        # coarsely quantised (dense, version-2) packs: training windows are dithered within one step
+        self.dither = int(pack.meta.get("spec_bits", 8)) < 8
 
     # ---- public
     def batch(self, idx: torch.Tensor, train: bool, generator: torch.Generator | None = None):
@@ -313,8 +315,7 @@ class BatchMaker:
             x1, v1 = self._gather_frames(p0 + 1, lo, hi)
             x = x0 * (1 - frac) + x1 * frac
             valid = v0 | v1
-        if train and int(pk.meta.get("spec_bits", 8)) < 8:
-            # coarsely quantised packs: dither back to continuous values (uniform within one step)
+        if train and self.dither:
             x = x + (torch.rand(x.shape, device=dev, generator=g) - 0.5) * (valid[:, :, None].float() / pk.spec_scale)
         x = x.transpose(1, 2)                              # (B, bins, F)
         if train and a.audio:

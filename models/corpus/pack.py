@@ -181,7 +181,7 @@ def repack(src: str | Path, out: str | Path, max_mb: float = 53.0, spec_bits: in
 
     Why: a pack must fit the ~55 MB that travels to a rented GPU, and with zlib
     at 8 bits the spectrograms dominate (they compress only 1.4x).  Stored
-    time-major with lzma at ``spec_bits`` bits (6 bits: a log10 step of 1/16,
+    bins-major with lzma at ``spec_bits`` bits (6 bits: a log10 step of 1/16,
     dithered back to continuous values at training time, see
     ``models.packdata.BatchMaker``) the same budget holds about twice the
     training performances.  Training performances are drawn at random from
@@ -201,13 +201,13 @@ def repack(src: str | Path, out: str | Path, max_mb: float = 53.0, spec_bits: in
     rng = np.random.default_rng(seed)
     keep_eval = np.flatnonzero(perfs[:, P_SPLIT] != 0)
     train = rng.permutation(np.flatnonzero(perfs[:, P_SPLIT] == 0))
+    by_perf = np.argsort(pairs[:, 0], kind="stable")                       # pairs grouped by performance
+    starts = np.searchsorted(pairs[by_perf, 0], np.arange(len(perfs) + 1))
 
     def build(sel: np.ndarray):
         sel = np.sort(sel)
         q_parts, s_parts, rows, prs = [], [], [], []
         sp = st = 0
-        by_perf = np.argsort(pairs[:, 0], kind="stable")
-        starts = np.searchsorted(pairs[by_perf, 0], np.arange(len(perfs) + 1))
         for new, p in enumerate(sel):
             r = perfs[p].copy()
             a0, a1 = int(r[P_SPEC_START]), int(r[P_SPEC_START] + r[P_SPEC_LEN])
@@ -229,8 +229,9 @@ def repack(src: str | Path, out: str | Path, max_mb: float = 53.0, spec_bits: in
     # estimate the compression ratio on a sample, then shrink until the real thing fits
     n = len(train)
     sample = build(train[: max(20, n // 50)] if n else keep_eval)
-    ratio = sample[1].nbytes / len(_lzma(sample[1].T))
-    per_perf = (len(_lzma(sample[1].T)) + len(_lzma(sample[2]))) / len(sample[3])
+    sample_spec_z = len(_lzma(sample[1].T))
+    ratio = sample[1].nbytes / sample_spec_z
+    per_perf = (sample_spec_z + len(_lzma(sample[2]))) / len(sample[3])
     n = max(1, min(n, int(budget * 0.97 / per_perf) - len(keep_eval)))
     log(f"repack: spectrogram lzma ratio ~{ratio:.2f} at {spec_bits} bits; trying {n} of {len(train)} training performances")
     while True:
