@@ -1,4 +1,4 @@
-"""Throughput of the audio front end (streamer.frontend / streamer.audio_io).
+"""Throughput of the audio front end (scorestream.core.frontend / scorestream.core.audio).
 
 Measures, on 60 s of audio, single-threaded:
 
@@ -36,8 +36,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamer.audio_io import StreamingResampler, to_mono_float  # noqa: E402
-from streamer.frontend import FrontEndConfig, StreamingSpectrogram, num_frames, spectrogram  # noqa: E402
+from scorestream.core.audio import StreamingResampler, to_mono_float  # noqa: E402
+from scorestream.core.frontend import FrontEndConfig, StreamingSpectrogram, num_frames, spectrogram  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "frontend_speed.json"
 

@@ -31,8 +31,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from models.embedder import load_embedder  # noqa: E402
-from models.evaluate import default_models, evaluate, markdown  # noqa: E402
+from scorestream.models.embedder import load_embedder  # noqa: E402
+from scorestream.models.evaluate import default_models, evaluate, markdown  # noqa: E402
 
 TARGET = {"A2S_R@1": 60.0, "A2S_MRR": 0.70, "S2A_max_gap": 0.05}
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .embedder import WEIGHTS, EnsembleEmbedder, load_embedder
 from .metrics import PUBLISHED, both_directions, error_breakdown
-from .windows import audio_windows, ink, sheet_snippets
+from scorestream.core.geometry import audio_windows, ink, sheet_snippets
 
 
 def shipped_models(weights: Path = WEIGHTS) -> list[str]:

@@ -1,6 +1,6 @@
 """Export a trained model to two ONNX files (audio and sheet pathway).
 
-    python -m models.export --ckpt runs/bl/best.pt --out models/weights/NAME [--opset 17]
+    python -m scorestream.models.export --ckpt runs/bl/best.pt --out models/weights/NAME [--opset 17]
 
 writes NAME_audio.onnx  (input "spec"  (B,1,92,F) float32 -> output "embedding" (B,32))
        NAME_sheet.onnx  (input "sheet" (B,1,80,100) float32 -> output "embedding" (B,32))
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models.nets import AudioSheetNet, load_model
+from scorestream.models.nets import AudioSheetNet, load_model
 
 TOL = 1e-4
 
@@ -101,7 +101,7 @@ def export_model(model: AudioSheetNet, out_prefix: str | Path, opset: int = 17, 
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m models.export", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m scorestream.models.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="best.pt (or ckpt.pt) written by models.train")
     p.add_argument("--out", required=True, help="output prefix, e.g. models/weights/bl1")

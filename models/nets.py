@@ -29,7 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "model.toml"
+from scorestream.core.config import default_path
+
+DEFAULT_CONFIG_PATH = default_path("model")
 
 SPEC_BINS = 92
 SHEET_H, SHEET_W = 80, 100          # network input (after 0.5x downscale)

@@ -1,6 +1,6 @@
 """Train the audio–sheet embedding networks from a training pack.
 
-    python -m models.train --pack pack/pack.npz --config baseline --out runs/bl \
+    python -m scorestream.models.train --pack pack/pack.npz --config baseline --out runs/bl \
         [--device auto|cpu|cuda] [--budget-min 8] [--batch 256] [--lr 1e-3] \
         [--loss infonce|hinge] [--resume]
 
@@ -37,9 +37,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models import metrics as M
-from models.nets import AudioSheetNet, ModelConfig, build_model, count_params, load_config, save_best
-from models.packdata import AugConfig, BatchMaker, Pack, protocol_pairs, valid_subset
+from scorestream.models import metrics as M
+from scorestream.models.nets import AudioSheetNet, ModelConfig, build_model, count_params, load_config, save_best
+from scorestream.models.packdata import AugConfig, BatchMaker, Pack, protocol_pairs, valid_subset
 
 
 # --------------------------------------------------------------------------- loss
@@ -204,7 +204,7 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m scorestream.models.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pack", required=True, help="pack.npz (models/PACK.md)")
     p.add_argument("--config", default="baseline", help="section of the model config TOML (baseline|long)")

@@ -13,22 +13,22 @@ from pathlib import Path
 
 
 def _corpus_build(a: argparse.Namespace) -> int:
-    from models.corpus.build import build
+    from scorestream.models.corpus.build import build
 
     build(a.source, a.out, workers=a.workers, limit=a.limit, config=a.config, retry_failed=a.retry_failed, progress=not a.no_progress)
     return 0
 
 
 def _corpus_stats(a: argparse.Namespace) -> int:
-    from models.corpus.build import format_stats, write_index
+    from scorestream.models.corpus.build import format_stats, write_index
 
     print(format_stats(write_index(a.corpus)))
     return 0
 
 
 def _corpus_show(a: argparse.Namespace) -> int:
-    from models.corpus.reader import Corpus
-    from models.corpus.show import save_overlay
+    from scorestream.models.corpus.reader import Corpus
+    from scorestream.models.corpus.show import save_overlay
 
     piece = Corpus(a.corpus).piece(a.piece)
     info = save_overlay(piece, a.out, second=a.second, perf=a.perf, engraving=a.engraving, window=a.window)
@@ -37,7 +37,7 @@ def _corpus_show(a: argparse.Namespace) -> int:
 
 
 def _corpus_align(a: argparse.Namespace) -> int:
-    from models.corpus.reader import Corpus
+    from scorestream.models.corpus.reader import Corpus
 
     rows = Corpus(a.corpus).piece(a.piece).alignment(a.perf, a.engraving)
     cols = list(rows[0]) if rows else ["note"]
@@ -51,7 +51,7 @@ def _corpus_align(a: argparse.Namespace) -> int:
 
 
 def _corpus_pack(a: argparse.Namespace) -> int:
-    from models.corpus.pack import build_pack
+    from scorestream.models.corpus.pack import build_pack
 
     info = build_pack(a.corpus, a.out, max_mb=a.max_mb, max_train_hours=a.train_hours, excerpt_s=a.excerpt_s or None,
                       valid_pairs=a.valid_pairs)
@@ -61,7 +61,7 @@ def _corpus_pack(a: argparse.Namespace) -> int:
 
 
 def _corpus_repack(a: argparse.Namespace) -> int:
-    from models.corpus.pack import repack
+    from scorestream.models.corpus.pack import repack
 
     info = repack(a.pack, a.out, max_mb=a.max_mb, spec_bits=a.spec_bits, seed=a.seed)
     info["pieces"] = len(set(info.get("pieces") or []))
@@ -70,7 +70,7 @@ def _corpus_repack(a: argparse.Namespace) -> int:
 
 
 def _eval_retrieval(a: argparse.Namespace) -> int:
-    from models.evaluate import main as eval_main
+    from scorestream.models.evaluate import main as eval_main
 
     return eval_main(a)
 

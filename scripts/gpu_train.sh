@@ -15,6 +15,8 @@ set -uo pipefail
 PACK=${1:?pack.npz}; OUTDIR=${2:?output folder}; MIN=${3:-7}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUTDIR"
+# the code lives under the `scorestream` name (package-dir mapping): install it in place
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || python3 -m pip install -q --no-deps -e .
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), sys.version.split()[0])"
 
@@ -25,13 +27,13 @@ train() {  # name config minutes [init checkpoint]
   local name=$1 cfg=$2 min=$3 init=${4:-}
   local extra=(--lr "$LR")
   [ -n "$init" ] && extra+=(--init "$init" --warmup 100)
-  python3 -m models.train --pack "$PACK" --config "$cfg" --out "$OUTDIR/$name" --device cuda \
+  python3 -m scorestream.models.train --pack "$PACK" --config "$cfg" --out "$OUTDIR/$name" --device cuda \
       --budget-min "$min" --batch 1024 --val-every 150 --patience 1000 "${extra[@]}" > "/tmp/$name.stdout" 2>&1
   local rc=$?
   if [ $rc -ne 0 ] && ! grep -q "valid step" "$OUTDIR/$name/train.log" 2>/dev/null; then
     echo "[$name] failed early (rc=$rc), retrying without AMP"; tail -8 "/tmp/$name.stdout"
     rm -rf "$OUTDIR/$name"
-    python3 -m models.train --pack "$PACK" --config "$cfg" --out "$OUTDIR/$name" --device cuda \
+    python3 -m scorestream.models.train --pack "$PACK" --config "$cfg" --out "$OUTDIR/$name" --device cuda \
         --budget-min "$(python3 -c "print(max(1.0, $min - 0.8))")" --batch 1024 --val-every 150 --patience 1000 --no-amp "${extra[@]}" > "/tmp/$name.stdout" 2>&1
     rc=$?
   fi
@@ -46,7 +48,7 @@ grep -h -A7 "^| model" "$OUTDIR"/*/train.log
 python3 - "$OUTDIR" <<'EOF'
 """GPU serving check through torch: embedding throughput at serving batch sizes."""
 import json, sys, time, torch
-from models.nets import build_model, load_config
+from scorestream.models.nets import build_model, load_config
 out = sys.argv[1]
 res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "serving": {}}
 for name in ("baseline", "long"):

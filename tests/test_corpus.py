@@ -17,10 +17,10 @@ import pytest
 music21 = pytest.importorskip("music21")
 pytest.importorskip("verovio")
 
-from models.corpus.engrave import EngravingStyle, load_score, new_toolkit, parse_svg_layout, rasterize  # noqa: E402
-from models.corpus.perform import PerformanceStyle, perform, performed_times, score_timing, write_midi  # noqa: E402
-from models.corpus.scorefile import ScoreError, keyboard_only, load_for_engraving, read_score_text  # noqa: E402
-from streamer.frontend import spectrogram  # noqa: E402
+from scorestream.models.corpus.engrave import EngravingStyle, load_score, new_toolkit, parse_svg_layout, rasterize  # noqa: E402
+from scorestream.models.corpus.perform import PerformanceStyle, perform, performed_times, score_timing, write_midi  # noqa: E402
+from scorestream.models.corpus.scorefile import ScoreError, keyboard_only, load_for_engraving, read_score_text  # noqa: E402
+from scorestream.core.frontend import spectrogram  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SF_TRAIN = "/usr/share/sounds/sf2/TimGM6mb.sf2"
@@ -206,8 +206,8 @@ def test_tiny_end_to_end_build_resume_show_pack(tmp_path):
     onset = [float(l.split("\t")[header.index("onset_s")]) for l in lines[1:]]
     assert np.all(np.diff(onset) >= 0)
 
-    from models.corpus.pack import build_pack
-    from models.corpus.reader import Corpus
+    from scorestream.models.corpus.pack import build_pack
+    from scorestream.models.corpus.reader import Corpus
 
     info = build_pack(out, tmp_path / "pack.npz", max_mb=5)
     z = np.load(tmp_path / "pack.npz")
@@ -231,7 +231,7 @@ def test_tiny_end_to_end_build_resume_show_pack(tmp_path):
 
 
 def test_missing_piece_and_corpus_errors(tmp_path):
-    from models.corpus.reader import Corpus
+    from scorestream.models.corpus.reader import Corpus
 
     with pytest.raises(FileNotFoundError, match="not a corpus folder"):
         Corpus(tmp_path)

@@ -26,7 +26,7 @@ SF = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 def tiny_test_corpus(tmp_path_factory):
     if not Path(SF).is_file():
         pytest.skip("soundfonts missing: run scripts/setup.sh")
-    from models.corpus.build import build
+    from scorestream.models.corpus.build import build
 
     tmp = tmp_path_factory.mktemp("evalcorpus")
     src = tmp / "src"
@@ -42,7 +42,7 @@ def tiny_test_corpus(tmp_path_factory):
 
 
 def test_shipped_models_listed():
-    from models.evaluate import shipped_models
+    from scorestream.models.evaluate import shipped_models
 
     names = shipped_models()
     assert names, "no shipped weights in models/weights"
@@ -80,7 +80,7 @@ def test_eval_errors_are_clear(tmp_path):
 def test_corpus_protocol_timbre_choice(tiny_test_corpus):
     """--timbre picks another condition (for model selection on the valid split); the default
     stays the paper's held-out-timbre, tempo-1.0 condition."""
-    from models.evaluate import corpus_protocol
+    from scorestream.models.evaluate import corpus_protocol
 
     sel, facts = corpus_protocol(tiny_test_corpus, "test", 100)
     assert facts["tempo"] == 1.0 and facts["timbre"] == "FluidR3_GM"

@@ -1,4 +1,4 @@
-"""Tests for the audio front end (streamer.frontend, streamer.audio_io).
+"""Tests for the audio front end (scorestream.core.frontend, scorestream.core.audio).
 
 The main fixture renders a few bars of a Bach chorale from music21's bundled
 corpus with the fluidsynth CLI, so streaming/offline equivalence is checked on
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import soxr
 
-from streamer.audio_io import StreamingResampler, load_audio, to_mono_float, write_wav
-from streamer.frontend import (
+from scorestream.core.audio import StreamingResampler, load_audio, to_mono_float, write_wav
+from scorestream.core.frontend import (
     FrontEndConfig,
     StreamingSpectrogram,
     filterbank_bins,

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import metrics as M
-from models.nets import ModelConfig, build_model, load_config, load_model
-from models.packdata import (AugConfig, BatchMaker, Pack, evenly_spaced, make_synthetic_pack, save_pack,
+from scorestream.models import metrics as M
+from scorestream.models.nets import ModelConfig, build_model, load_config, load_model
+from scorestream.models.packdata import (AugConfig, BatchMaker, Pack, evenly_spaced, make_synthetic_pack, save_pack,
                              protocol_pairs, valid_subset)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,7 +143,7 @@ def test_pack_round_trip(synth, tmp_path):
 def test_repack_dense_pack_gives_the_same_windows(synth, tmp_path):
     """A repacked (lzma, 6-bit) pack keeps every valid/test pair and yields the source's
     eval windows within half a quantisation step; training windows are dithered."""
-    from models.corpus.pack import repack
+    from scorestream.models.corpus.pack import repack
 
     path, _ = synth
     src = Pack.load(path)
@@ -295,8 +295,8 @@ def _logged_losses(log_path):
 
 
 def test_training_learns_and_resumes(synth, tiny_toml, tmp_path):
-    from models import train
-    from models.train import RetrievalLoss, evaluate_pairs
+    from scorestream.models import train
+    from scorestream.models.train import RetrievalLoss, evaluate_pairs
 
     path, _ = synth
     out = tmp_path / "run"
@@ -340,9 +340,9 @@ def test_training_learns_and_resumes(synth, tiny_toml, tmp_path):
 
 @pytest.mark.parametrize("name", ["baseline", "long"])
 def test_onnx_export_and_embedder(name, tmp_path):
-    from models.embedder import Embedder
-    from models.export import export_model
-    from models.nets import save_best
+    from scorestream.models.embedder import Embedder
+    from scorestream.models.export import export_model
+    from scorestream.models.nets import save_best
 
     torch.manual_seed(0)
     model = _randomise_bn(build_model(load_config(name)))
@@ -384,8 +384,8 @@ def test_onnx_export_and_embedder(name, tmp_path):
 
 
 def test_export_cli(tmp_path, tiny_toml, capsys):
-    from models import export
-    from models.nets import save_best
+    from scorestream.models import export
+    from scorestream.models.nets import save_best
 
     save_best(tmp_path / "best.pt", build_model(load_config("tinylong", tiny_toml)))
     export.main(["--ckpt", str(tmp_path / "best.pt"), "--out", str(tmp_path / "w" / "t")])
@@ -404,10 +404,10 @@ def test_ensemble_embedder_equals_members(tmp_path):
     """An ensemble of a 2.1 s and a 4.2 s model: each member sees exactly the window it
     would see alone (centred crop), embeddings are concatenated and stay unit length,
     and the ensemble's cosine is the mean of the members' cosines."""
-    from models.embedder import EnsembleEmbedder, load_embedder
-    from models.export import export_model
-    from models.nets import save_best
-    from models.windows import audio_windows
+    from scorestream.models.embedder import EnsembleEmbedder, load_embedder
+    from scorestream.models.export import export_model
+    from scorestream.models.nets import save_best
+    from scorestream.core.geometry import audio_windows
 
     torch.manual_seed(1)
     for name in ("baseline", "long"):
@@ -439,7 +439,7 @@ def test_ensemble_embedder_equals_members(tmp_path):
 
 
 def test_error_breakdown_separates_within_and_across_piece_errors():
-    from models.metrics import error_breakdown
+    from scorestream.models.metrics import error_breakdown
 
     # 4 pairs, pieces [0, 0, 1, 1]; query 0 prefers candidate 1 (same piece),
     # query 2 prefers candidate 0 (other piece), queries 1 and 3 are right.

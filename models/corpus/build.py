@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scorestream.config import default_path, load_section
+from scorestream.core.config import default_path, load_section
 
 from .scorefile import SCORE_SUFFIXES, ScoreError
 
@@ -170,12 +170,12 @@ def build_piece(task: PieceTask, cfg: CorpusConfig, timbres: TimbreConfig) -> di
     """Build one piece folder. Returns a summary dict; raises on failure."""
     from PIL import Image
 
-    from streamer.frontend import FrontEndConfig, spectrogram
+    from scorestream.core.frontend import FrontEndConfig, spectrogram
 
     from .engrave import EngravingStyle, load_score, parse_svg_layout, rasterize
     from .perform import PerformanceStyle, perform, score_timing, style_json
     from .scorefile import load_for_engraving
-    from .strip import unroll
+    from scorestream.core.strip import unroll
 
     t0 = time.time()
     out = Path(task.out_dir)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .reader import Corpus, Piece
-from .strip import STAFF_SPACE, STRIP_HEIGHT
+from scorestream.core.strip import STAFF_SPACE, STRIP_HEIGHT
 
 SPEC_SCALE = 64.0  # uint8 = round(log_spec * 64): covers log values 0 .. 3.98
 SPLIT_CODE = {"train": 0, "valid": 1, "test": 2}
@@ -187,7 +187,7 @@ def repack(src: str | Path, out: str | Path, max_mb: float = 53.0, spec_bits: in
     training performances.  Training performances are drawn at random from
     ``src`` until the compressed size reaches ``max_mb``.
     """
-    from models.packdata import P_SPEC_LEN, P_SPEC_START, P_SPLIT, P_STRIP_LEN, P_STRIP_START
+    from scorestream.models.packdata import P_SPEC_LEN, P_SPEC_START, P_SPLIT, P_STRIP_LEN, P_STRIP_START
 
     if not 4 <= spec_bits <= 8:
         raise ValueError(f"spec_bits must be 4..8, got {spec_bits}")

@@ -17,7 +17,7 @@ from PIL import Image
 
 from .engrave import PageLayout
 from .perform import ScoreTiming
-from .strip import STRIP_HEIGHT, Segment, Strip
+from scorestream.core.strip import STRIP_HEIGHT, Segment, Strip
 
 FPS = 20
 

@@ -16,7 +16,14 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+def _config_dir() -> Path:
+    """The shipped ``configs/`` folder (package data ``scorestream.configs`` when installed)."""
+    from importlib.resources import files
+
+    return Path(str(files("scorestream.configs")))
+
+
+CONFIG_DIR = _config_dir()
 
 
 class ConfigError(ValueError):

@@ -1,6 +1,6 @@
 """Audio decoding, conversion and resampling for the front end.
 
-Everything that reaches :mod:`streamer.frontend` is mono float32 at the
+Everything that reaches :mod:`scorestream.core.frontend` is mono float32 at the
 front-end rate (22050 Hz). Clients, files and training data arrive in every
 other shape -- 44.1 kHz stereo int16 from a browser, 48 kHz float from a
 phone, 24-bit WAVs -- so conversion lives in one place with strict validation:

@@ -298,12 +298,12 @@ def _as_mono_float32(signal: np.ndarray, what: str) -> np.ndarray:
     if x.dtype.kind != "f":
         raise ValueError(
             f"{what} expects a float signal in [-1, 1] at the front-end sample rate, got dtype "
-            f"{x.dtype}; convert integer PCM with streamer.audio_io.to_mono_float()"
+            f"{x.dtype}; convert integer PCM with scorestream.core.audio.to_mono_float()"
         )
     if x.ndim != 1:
         raise ValueError(
             f"{what} expects a 1-D mono signal, got shape {x.shape}; "
-            "downmix with streamer.audio_io.to_mono_float()"
+            "downmix with scorestream.core.audio.to_mono_float()"
         )
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.size and not np.isfinite(x).all():
