@@ -1,4 +1,4 @@
-"""Model inputs cut from spectrograms and unrolled strips (numpy only: serving side).
+"""Model input geometry, defined once: audio windows and sheet crops (numpy only).
 
 These are the exact crops the training batches use (``models.packdata``
 without augmentation), so a model sees the same thing in training,
@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
-CROP_H, CROP_W = 160, 200
-OUT_H, OUT_W = 80, 100
-STRIP_HEIGHT = 200
-CENTER_ROW = 100
+CROP_H, CROP_W = 160, 200      # sheet snippet, strip pixels (rows x cols) around (CENTER_ROW, x)
+OUT_H, OUT_W = 80, 100         # network input: the crop box-averaged 2x2
+STRIP_HEIGHT = 200             # unrolled strip height; each system is cut +-100 px around its centre line
+CENTER_ROW = 100               # strip row of a system's centre line
+STAFF_SPACE = 7.2              # strip px between staff lines (verovio's default at an 835 px wide page)
+INK_THRESHOLD = 128            # grey < 128 is ink
 
 
 def audio_windows(spec: np.ndarray, frames: np.ndarray, n_frames: int) -> np.ndarray:
@@ -33,7 +35,7 @@ def audio_windows(spec: np.ndarray, frames: np.ndarray, n_frames: int) -> np.nda
 
 def ink(strip: np.ndarray) -> np.ndarray:
     """Binary ink image (uint8 1 = black) of a grayscale strip (255 = white)."""
-    return (np.asarray(strip) < 128).astype(np.uint8)
+    return (np.asarray(strip) < INK_THRESHOLD).astype(np.uint8)
 
 
 def sheet_snippets(ink_strip: np.ndarray, xs: np.ndarray) -> np.ndarray:

@@ -14,8 +14,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-STRIP_HEIGHT = 200
-STAFF_SPACE = 7.2  # px; verovio's default at an 835 px wide page
+from .geometry import STAFF_SPACE, STRIP_HEIGHT
+
+# Horizontal margins of a system's crop, in staff spaces of the page: left of the first
+# staff-line pixel (clef and brace start there) and right of the last one.
+MARGIN_LEFT_SS = 1.5
+MARGIN_RIGHT_SS = 0.5
 
 
 @dataclass
@@ -50,11 +54,32 @@ class Strip:
     def segments_from_json(d: dict) -> list[Segment]:
         return [Segment(**s) for s in d["segments"]]
 
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
     def segment_at(self, strip_x: float) -> Segment:
         """The system segment that covers strip column ``strip_x`` (clamped)."""
-        starts = np.array([s.strip_x0 for s in self.segments])
-        i = int(np.clip(np.searchsorted(starts, strip_x, side="right") - 1, 0, len(self.segments) - 1))
-        return self.segments[i]
+        return self.segments[segment_index(self.segments, strip_x)]
+
+    def strip_to_page(self, strip_x: float, strip_y: float = STRIP_HEIGHT / 2) -> tuple[int, int, float, float]:
+        """(page, system, x, y) on the page (0-based page/system, page pixels) of a strip point."""
+        seg = self.segment_at(strip_x)
+        x, y = seg.strip_to_page(strip_x, strip_y)
+        return seg.page, seg.system, x, y
+
+    def page_to_strip(self, page: int, system: int, x: float, y: float) -> tuple[float, float]:
+        """Strip point of page point (x, y) in system ``system`` of page ``page`` (0-based)."""
+        for seg in self.segments:
+            if seg.page == page and seg.system == system:
+                return seg.page_to_strip(x, y)
+        raise KeyError(f"no system {system} on page {page} in this strip")
+
+
+def segment_index(segments: list[Segment], strip_x: float) -> int:
+    """Index of the segment that covers strip column ``strip_x`` (clamped to the first/last)."""
+    starts = np.array([s.strip_x0 for s in segments])
+    return int(np.clip(np.searchsorted(starts, strip_x, side="right") - 1, 0, len(segments) - 1))
 
 
 def unroll(pages: list[np.ndarray], systems: list[list[tuple[float, float, float, float, float]]], staff_space: float = STAFF_SPACE) -> Strip:
@@ -73,8 +98,8 @@ def unroll(pages: list[np.ndarray], systems: list[list[tuple[float, float, float
             scale = staff_space / ss if ss > 0 else 1.0
             yc = (y0 + y1) / 2
             half = STRIP_HEIGHT / 2 / scale
-            cx0 = max(0.0, x0 - 1.5 * ss)
-            cx1 = min(float(w), x1 + 0.5 * ss)
+            cx0 = max(0.0, x0 - MARGIN_LEFT_SS * ss)
+            cx1 = min(float(w), x1 + MARGIN_RIGHT_SS * ss)
             top, bottom = int(np.floor(yc - half)), int(np.ceil(yc + half))
             crop = np.full((bottom - top, int(np.ceil(cx1)) - int(cx0)), 255, np.uint8)
             st, sb = max(top, 0), min(bottom, h)

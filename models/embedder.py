@@ -2,7 +2,7 @@
 
 No torch here (the serving install has none).
 
-    emb = Embedder("models/weights/bl1")             # prefix, or the two paths
+    emb = OnnxEmbedder("models/weights/bl1")         # prefix, or the two paths
     a = emb.embed_audio(spec_windows)                 # (B, 92, F) -> (B, 32)
     s = emb.embed_sheet(snippets)                     # (B, 80, 100) in [0, 1], ink = 1 -> (B, 32)
 
@@ -17,18 +17,65 @@ L2-normalised float32.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import onnxruntime as ort
 
+from scorestream.core.errors import IncompatibleModelError
+from scorestream.core.spec import ModelInputSpec
+
 WEIGHTS = Path(__file__).resolve().parent / "weights"
+_REEXPORT = "re-export it with 'python -m scorestream.models.export --ckpt CKPT --out PREFIX'"
 
 
-class Embedder:
+@runtime_checkable
+class Embedder(Protocol):
+    """What the library, the tracker and the server need of a model (single or ensemble)."""
+
+    name: str
+    spec_bins: int
+    audio_frames: int              # spectrogram frames per audio window
+    sheet_shape: tuple[int, int]   # network input (rows, cols) of a sheet snippet
+    embed_dim: int
+    input_spec: ModelInputSpec
+    fingerprint: str               # identifies the weights (hash of the ONNX files)
+
+    def embed_audio(self, spec_windows: np.ndarray) -> np.ndarray: ...
+
+    def embed_sheet(self, snippets: np.ndarray) -> np.ndarray: ...
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_input_spec(json_path: Path) -> ModelInputSpec:
+    """The ModelInputSpec stored in an export's NAME.json."""
+    if not json_path.is_file():
+        raise IncompatibleModelError(f"{json_path} is missing: the model's input contract is unknown; {_REEXPORT}")
+    try:
+        info = json.loads(json_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise IncompatibleModelError(f"{json_path}: unreadable model description ({exc}); {_REEXPORT}") from exc
+    if "input_spec" not in info:
+        raise IncompatibleModelError(f"{json_path} has no input_spec; {_REEXPORT}")
+    return ModelInputSpec.from_json(info["input_spec"])
+
+
+class OnnxEmbedder:
+    """One exported model (audio + sheet pathway) run by onnxruntime; satisfies :class:`Embedder`."""
+
     def __init__(self, prefix: str | Path | None = None, *, audio_path: str | Path | None = None,
                  sheet_path: str | Path | None = None, providers: list[str] | None = None,
-                 batch_size: int = 256, intra_op_threads: int = 0):
+                 batch_size: int = 256, intra_op_threads: int = 0, check_spec: bool = True):
         if prefix is not None:
             prefix = Path(prefix)
             audio_path = audio_path or prefix.parent / f"{prefix.name}_audio.onnx"
@@ -58,6 +105,17 @@ class Embedder:
         self.audio_frames = int(a_shape[3])
         self.sheet_shape = (int(s_shape[2]), int(s_shape[3]))
         self.embed_dim = int(self._audio.get_outputs()[0].shape[1])
+        self.fingerprint = hashlib.sha256((_sha256(Path(audio_path)) + _sha256(Path(sheet_path))).encode()).hexdigest()[:16]
+        serving = ModelInputSpec.serving(self.audio_frames, self.embed_dim)
+        json_path = Path(audio_path).with_name(f"{self.name}.json")
+        if check_spec:
+            stored = read_input_spec(json_path)
+            stored.require_equal(serving, f"model {self.name} ({json_path})",
+                                 "this scorestream computes other features than the model was trained on; "
+                                 "use the scorestream version it was exported with, or retrain")
+            if stored.sheet_input != self.sheet_shape or stored.spec_bins != self.spec_bins:
+                raise IncompatibleModelError(f"{json_path}: input spec does not match the ONNX input shapes; {_REEXPORT}")
+        self.input_spec = serving
 
     # ---- public
     def embed_audio(self, spec_windows: np.ndarray) -> np.ndarray:
@@ -115,7 +173,7 @@ class EnsembleEmbedder:
     exactly the window it would have been given on its own.
     """
 
-    def __init__(self, members: list[Embedder]):
+    def __init__(self, members: list[OnnxEmbedder]):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         bins = {m.spec_bins for m in members}
@@ -130,10 +188,12 @@ class EnsembleEmbedder:
         self.embed_dim = sum(m.embed_dim for m in members)
         self.providers = members[0].providers
         self._scale = np.float32(1.0 / np.sqrt(len(members)))
+        self.fingerprint = hashlib.sha256("+".join(m.fingerprint for m in members).encode()).hexdigest()[:16]
+        self.input_spec = ModelInputSpec.serving(self.audio_frames, self.embed_dim)
 
     def embed_audio(self, spec_windows: np.ndarray) -> np.ndarray:
         """(B, bins, F) with F = ``audio_frames`` (the longest member's) -> (B, embed_dim)."""
-        x = Embedder._check(spec_windows, (self.spec_bins, self.audio_frames), "spec_windows")
+        x = OnnxEmbedder._check(spec_windows, (self.spec_bins, self.audio_frames), "spec_windows")
         outs = []
         for m in self.members:
             off = self.audio_frames // 2 - m.audio_frames // 2
@@ -162,16 +222,16 @@ def _member_prefix(part: str, weights: Path) -> Path:
     return weights / part
 
 
-def load_embedder(spec: str | Path, weights: str | Path = WEIGHTS, **kw) -> Embedder | EnsembleEmbedder:
+def load_embedder(spec: str | Path, weights: str | Path = WEIGHTS, **kw) -> OnnxEmbedder | EnsembleEmbedder:
     """An embedder from a model spec.
 
     ``spec`` is a shipped model name (``bl1_2s``: models/weights/bl1_2s_{audio,sheet}.onnx),
     a path prefix (``runs/x/export`` for ``runs/x/export_audio.onnx`` …), or several of
     these joined by ``+`` for an ensemble (``bl1_2s+bl2_4s_at``).  Keyword arguments go
-    to every :class:`Embedder`.
+    to every :class:`OnnxEmbedder`.
     """
     parts = [p.strip() for p in str(spec).split("+") if p.strip()]
     if not parts:
         raise ValueError(f"empty model spec {spec!r}: give a model name such as 'bl1_2s' or 'bl1_2s+bl2_4s_at'")
-    members = [Embedder(_member_prefix(p, Path(weights)), **kw) for p in parts]
+    members = [OnnxEmbedder(_member_prefix(p, Path(weights)), **kw) for p in parts]
     return members[0] if len(members) == 1 else EnsembleEmbedder(members)

@@ -12,14 +12,20 @@ the same code path the server uses — not from torch.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
 
+from scorestream.core.errors import InputError
+from scorestream.core.geometry import audio_windows, ink, sheet_snippets
+from scorestream.core.pack import P_PIECE, P_SPLIT, P_TEMPO, P_TIMBRE, read_pack
+from scorestream.core.splits import PAPER_TEMPO_MILLI, is_paper_test_take, split_code
+
 from .embedder import WEIGHTS, EnsembleEmbedder, load_embedder
 from .metrics import PUBLISHED, both_directions, error_breakdown
-from scorestream.core.geometry import audio_windows, ink, sheet_snippets
+
+log = logging.getLogger(__name__)
 
 
 def shipped_models(weights: Path = WEIGHTS) -> list[str]:
@@ -57,7 +63,7 @@ def corpus_protocol(corpus_dir: str | Path, split: str, candidates: int, timbre:
         for j, perf in enumerate(piece.meta["performances"]):
             st = perf["style"]
             if timbre is None:
-                ok = st["timbre"] == want and abs(st["tempo"] - 1.0) < 1e-9 and st.get("rubato", 0) == 0
+                ok = is_paper_test_take(st, want)
             else:
                 ok = want == "any" or st["timbre"] == want
             if ok:
@@ -66,7 +72,7 @@ def corpus_protocol(corpus_dir: str | Path, split: str, candidates: int, timbre:
                 break
     if not pool:
         cond = f"the held-out timbre {want!r} at tempo 1.0" if timbre is None else f"timbre {want!r}"
-        raise ValueError(f"{corpus_dir}: no {split} pairs with {cond} (try --timbre any for the validation split)")
+        raise InputError(f"{corpus_dir}: no {split} pairs with {cond} (try --timbre any for the validation split)")
     sel = _evenly(len(pool), candidates)
     chosen = [pool[i] for i in sel]
     groups: dict[tuple[str, int], list[tuple[int, float]]] = {}
@@ -88,7 +94,7 @@ def embed_corpus_selection(selection: list, embedder, label: str = "") -> tuple[
     step = max(1, len(selection) // 10)
     for k, (piece, j, frames, xs) in enumerate(selection):
         if label and (k % step == 0 or k == len(selection) - 1):
-            print(f"\r{label}: piece {k + 1}/{len(selection)}", end="", file=sys.stderr, flush=True)
+            log.info("%s: piece %d/%d", label, k + 1, len(selection))
         spec, _ = piece.performance(j)
         a_out.append(embedder.embed_audio(audio_windows(spec, frames, embedder.audio_frames)))
         s_out.append(embedder.embed_sheet(sheet_snippets(ink(piece.strip(0).image), xs)))
@@ -96,30 +102,28 @@ def embed_corpus_selection(selection: list, embedder, label: str = "") -> tuple[
 
 
 def pack_protocol(pack_path: str | Path, split: str, candidates: int, embedder) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Same protocol on a training pack (numpy decode, no torch); facts["groups"] holds piece ids."""
-    z = np.load(pack_path)
-    meta = json.loads(str(z["meta"]))
-    code = {"train": 0, "valid": 1, "test": 2}[split]
-    perfs, pairs = z["perfs"], z["pairs"]
+    """Same protocol on a training pack, either format (numpy decode, no torch); facts["groups"] holds piece ids."""
+    pk = read_pack(pack_path)
+    meta, perfs, pairs = pk.meta, pk.perfs, pk.pairs
+    code = split_code(split)
     pr = perfs[pairs[:, 0]]
-    mask = (pr[:, 4] == code) & (pr[:, 5] == meta["test_timbre"]) & (pr[:, 6] == 1000)
+    mask = (pr[:, P_SPLIT] == code) & (pr[:, P_TIMBRE] == meta["test_timbre"]) & (pr[:, P_TEMPO] == PAPER_TEMPO_MILLI)
     pool = np.flatnonzero(mask)
     if not len(pool):
-        raise ValueError(f"{pack_path}: no {split} pairs in the test condition")
+        raise InputError(f"{pack_path}: no {split} pairs in the test condition (held-out timbre, tempo 1.0)")
     sel = pool[_evenly(len(pool), candidates)]
-    spec_all = z["spec"]
-    ink_all = np.unpackbits(z["strips"], axis=0)[: meta["strip_height"]]
+    ink_all = pk.ink()
     a_list, s_list = [], []
     for i in sel:
         perf, frame, x, _ = pairs[i]
         s0, sl, x0, xl = perfs[perf][:4]
-        a_list.append(audio_windows(spec_all[s0: s0 + sl].astype(np.float32) / meta["spec_scale"], [frame - s0], embedder.audio_frames)[0])
+        a_list.append(audio_windows(pk.perf_spec(perf), [frame - s0], embedder.audio_frames)[0])
         s_list.append(sheet_snippets(ink_all[:, x0: x0 + xl], [x - x0])[0])
     a = np.concatenate([embedder.embed_audio(np.stack(a_list[k: k + 1024])) for k in range(0, len(a_list), 1024)])
     s = np.concatenate([embedder.embed_sheet(np.stack(s_list[k: k + 1024])) for k in range(0, len(s_list), 1024)])
     return a, s, {"source": str(pack_path), "split": split, "timbre": meta["timbres"][meta["test_timbre"]], "tempo": 1.0,
-                  "pool": int(len(pool)), "candidates": int(len(sel)), "pieces": int(len(np.unique(pr[sel, 7]))),
-                  "groups": pr[sel, 7]}
+                  "pool": int(len(pool)), "candidates": int(len(sel)), "pieces": int(len(np.unique(pr[sel, P_PIECE]))),
+                  "groups": pr[sel, P_PIECE]}
 
 
 def markdown(results: dict) -> str:
@@ -152,7 +156,9 @@ def evaluate(models: list[str], corpus: str | None = None, pack: str | None = No
     if not models:
         raise FileNotFoundError(f"no shipped model in {WEIGHTS} (expected NAME_audio.onnx + NAME_sheet.onnx)")
     if not corpus and not pack:
-        raise ValueError("give --corpus DIR or --pack FILE")
+        raise InputError("give --corpus DIR or --pack FILE")
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 2:
+        raise InputError(f"--candidates must be an integer of at least 2, got {candidates!r}")
     results: dict = {"models": {}}
     selection = None
     cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # member name -> (audio, sheet) embeddings
@@ -167,7 +173,6 @@ def evaluate(models: list[str], corpus: str | None = None, pack: str | None = No
                 results["protocol"] = facts
                 groups = selection_groups(selection)
             out = embed_corpus_selection(selection, e, label=f"embedding {e.name}")
-            print(file=sys.stderr)
         else:
             *out, facts = pack_protocol(pack, split, candidates, e)
             groups = facts.pop("groups")
@@ -189,22 +194,3 @@ def evaluate(models: list[str], corpus: str | None = None, pack: str | None = No
             **both_directions(a, s), "audio_frames": emb.audio_frames,
             "errors": {"A2S": error_breakdown(a, s, groups), "S2A": error_breakdown(s, a, groups)}}
     return results
-
-
-def main(a) -> int:
-    models = a.model or default_models()
-    res = evaluate(models, corpus=a.corpus, pack=a.pack, split=a.split, candidates=a.candidates, timbre=getattr(a, "timbre", None))
-    table = markdown(res)
-    print(table)
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(res, indent=1))
-    if a.markdown:
-        Path(a.markdown).write_text(table + "\n")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from scorestream.cli import main as cli_main
-
-    sys.exit(cli_main(["eval", "retrieval", *sys.argv[1:]]))

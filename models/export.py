@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from scorestream.core.spec import ModelInputSpec
 from scorestream.models.nets import AudioSheetNet, load_model
 
 TOL = 1e-4
@@ -82,7 +83,8 @@ def export_model(model: AudioSheetNet, out_prefix: str | Path, opset: int = 17, 
         "audio": (model.audio, "spec", (1, cfg.spec_bins, cfg.audio_frames)),
         "sheet": (model.sheet, "sheet", (1, *cfg.sheet_shape)),
     }
-    info: dict = {"config": cfg.to_dict(), "opset": opset, "files": {}}
+    info: dict = {"config": cfg.to_dict(), "opset": opset, "files": {},
+                  "input_spec": ModelInputSpec.serving(cfg.audio_frames, cfg.embed_dim).to_json()}
     for part, (module, input_name, shape) in specs.items():
         path = out_prefix.parent / f"{out_prefix.name}_{part}.onnx"
         example = torch.rand(2, *shape)

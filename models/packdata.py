@@ -32,38 +32,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SPLITS = ("train", "valid", "test")
-CROP_H, CROP_W = 160, 200        # sheet crop in strip pixels (rows x cols)
-OUT_H, OUT_W = 80, 100           # network input after 0.5x downscale
+from scorestream.core.geometry import CENTER_ROW as STRIP_CENTER_ROW
+from scorestream.core.geometry import CROP_H, CROP_W, OUT_H, OUT_W
+from scorestream.core.pack import (P_PIECE, P_SPEC_LEN, P_SPEC_START, P_SPLIT, P_STRIP_LEN, P_STRIP_START,  # noqa: F401
+                                   P_TEMPO, P_TIMBRE, read_pack, write_pack_v1)
+from scorestream.core.splits import PAPER_TEMPO_MILLI, SPLITS, split_code
+
 PATCH_W = 256                    # strip columns gathered around x (covers crop + scale/rotation/shift)
-STRIP_CENTER_ROW = 100
-
-# perfs columns
-P_SPEC_START, P_SPEC_LEN, P_STRIP_START, P_STRIP_LEN, P_SPLIT, P_TIMBRE, P_TEMPO, P_PIECE = range(8)
-
-
-# --------------------------------------------------------------------------- pack
-
-def _decode(meta: dict, spec: np.ndarray, strips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Arrays of a version-1 pack as stored; version 2 (``codec: lzma``, written by
-    ``models.corpus.pack.repack``) holds lzma streams: the spectrogram bins-major."""
-    codec = meta.get("codec")
-    if not codec:
-        return np.ascontiguousarray(spec, dtype=np.uint8), np.asarray(strips, dtype=np.uint8)
-    if codec != "lzma":
-        raise ValueError(f"unknown pack codec {codec!r}; this scorestream reads zlib (version 1) and lzma (version 2) packs")
-    import lzma
-
-    t, b = meta["spec_shape"]
-    spec = np.frombuffer(lzma.decompress(spec.tobytes()), dtype=np.uint8).reshape(b, t).T
-    strips = np.frombuffer(lzma.decompress(strips.tobytes()), dtype=np.uint8).reshape(meta["strips_shape"])
-    return np.ascontiguousarray(spec), strips
 
 
 def _split_id(split: str | int) -> int:
-    if isinstance(split, str):
-        return SPLITS.index(split)
-    return int(split)
+    return split_code(split)
 
 
 @dataclass
@@ -93,20 +72,10 @@ class Pack:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Pack":
+        """Load a version-1 or version-2 pack (:func:`scorestream.core.pack.read_pack`) onto ``device``."""
         device = torch.device(device)
-        with np.load(str(path), allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"][()]))
-            spec, strips = _decode(meta, z["spec"], z["strips"])
-            perfs = np.asarray(z["perfs"], dtype=np.int64)
-            pairs = np.asarray(z["pairs"], dtype=np.int64)
-        bins = int(meta.get("spec_bins", 92))
-        if spec.ndim != 2 or spec.shape[1] != bins:
-            raise ValueError(f"spec has shape {spec.shape}, expected (T, {bins})")
-        h = int(meta.get("strip_height", 200))
-        if strips.ndim != 2 or strips.shape[0] != (h + 7) // 8:
-            raise ValueError(f"strips has shape {strips.shape}, expected ({(h + 7) // 8}, W)")
-        if perfs.ndim != 2 or perfs.shape[1] != 8 or pairs.ndim != 2 or pairs.shape[1] != 4:
-            raise ValueError("perfs must be (P, 8) and pairs (N, 4)")
+        data = read_pack(path)
+        meta, spec, strips, perfs, pairs = data.meta, data.spec, data.strips, data.perfs, data.pairs
         return cls(
             meta=meta,
             spec=torch.from_numpy(spec).to(device),
@@ -192,7 +161,7 @@ def protocol_pairs(pack: Pack, n: int = 10000) -> tuple[np.ndarray, dict]:
         timbre = list(pack.meta.get("timbres", [])).index(timbre)
     if timbre is None:
         info["note"] = "meta has no test_timbre: all timbres used"
-    idx = pack.select_pairs("test", timbre=timbre, tempo_milli=1000)
+    idx = pack.select_pairs("test", timbre=timbre, tempo_milli=PAPER_TEMPO_MILLI)
     info.update(test_timbre=timbre, available=int(len(idx)))
     sel = evenly_spaced(idx, n)
     info["candidates"] = int(len(sel))
@@ -470,16 +439,8 @@ class BatchMaker:
 
 def save_pack(path: str | Path, meta: dict, spec: np.ndarray, ink: np.ndarray,
               perfs: np.ndarray, pairs: np.ndarray) -> None:
-    """Write a pack in the PACK.md format; `ink` is the (200, W) 0/1 strip image."""
-    ink = np.asarray(ink, dtype=np.uint8)
-    np.savez_compressed(
-        str(path),
-        meta=np.array(json.dumps(meta)),
-        spec=np.asarray(spec, dtype=np.uint8),
-        strips=np.packbits(ink, axis=0),
-        perfs=np.asarray(perfs, dtype=np.int64),
-        pairs=np.asarray(pairs, dtype=np.int32),
-    )
+    """Write a version-1 pack (models/PACK.md); `ink` is the (200, W) 0/1 strip image."""
+    write_pack_v1(path, meta, spec, np.packbits(np.asarray(ink, dtype=np.uint8), axis=0), perfs, pairs)
 
 
 def make_synthetic_pack(path: str | Path, n_pieces: int = 12, notes_per_piece: int = 60,

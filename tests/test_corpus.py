@@ -238,3 +238,79 @@ def test_missing_piece_and_corpus_errors(tmp_path):
     (tmp_path / "pieces").mkdir()
     with pytest.raises(KeyError, match="no piece"):
         Corpus(tmp_path).piece("nothing")
+
+
+@needs_fluidsynth
+def test_build_is_reproducible_whatever_was_built_before(tmp_path):
+    """The same sources and seed give the same piece folders byte for byte, whatever
+    the worker (its verovio toolkit and synthesizers) built before."""
+    from scorestream.models.corpus.build import CorpusConfig, PieceTask, TimbreConfig, build_piece
+
+    cfg = CorpusConfig(performances=2)
+    timbres = TimbreConfig(train=("TimGM6mb",), test="TimGM6mb", soundfonts={"TimGM6mb": SF_TRAIN})
+    a = (str(corpus_path("bach/bwv66.6")), "train", 11)
+    b = (str(corpus_path("schumann_clara/polonaise_op1n1")), "test", 22)
+
+    def run(order, root):
+        for src, split, seed in order:
+            name = Path(src).stem
+            build_piece(PieceTask(name, src, name, split, str(root / name), seed), cfg, timbres)
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    first = run([a, b], tmp_path / "ab")
+    second = run([b, a], tmp_path / "ba")
+    assert sorted(first) == sorted(second) and len(first) > 8
+    differ = [k for k in first if first[k] != second[k]]
+    assert not differ, differ
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "scorestream.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=timeout)
+
+
+def _one_line_error(r, *words):
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [l for l in r.stderr.strip().splitlines() if l.startswith("scorestream")]
+    assert lines, r.stderr
+    for w in words:
+        assert w in r.stderr, (w, r.stderr)
+
+
+def test_corpus_cli_errors_are_one_line(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    _one_line_error(_cli("corpus", "stats", f), "is a file")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_line_error(_cli("corpus", "stats", empty), "not a corpus folder")
+    assert list(empty.iterdir()) == []          # nothing written into a folder that is not a corpus
+    missing_out = tmp_path / "never"
+    _one_line_error(_cli("corpus", "build", "--source", tmp_path / "nope", "--out", missing_out), "does not exist")
+    assert not missing_out.exists()             # no output folder for a missing source
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "broken.mxl").write_bytes(b"not a zip")
+    (src / "broken2.krn").write_bytes(b"\x00\x01garbage")
+    r = _cli("corpus", "build", "--source", src, "--out", tmp_path / "c", "--workers", "1", "--no-progress", timeout=300)
+    _one_line_error(r, "all 2 scores failed", "failed.tsv")
+    assert r.returncode == 1
+    r = _cli("corpus", "build", "--source", src, "--out", tmp_path / "c2", "--workers", "0")
+    assert r.returncode == 2 and "must be at least 1" in r.stderr
+
+
+@needs_fluidsynth
+def test_corpus_show_bad_perf_is_one_line(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(corpus_path("bach/bwv66.6"), src / "bwv66.6.mxl")
+    cfg = tmp_path / "corpus.toml"
+    cfg.write_text("[corpus]\nperformances = 1\n[timbres]\ntrain = [\"TimGM6mb\"]\ntest = \"TimGM6mb\"\n"
+                   f"[timbres.soundfonts]\nTimGM6mb = \"{SF_TRAIN}\"\n")
+    out = tmp_path / "corpus"
+    assert _cli("corpus", "build", "--source", src, "--out", out, "--workers", "1", "--config", cfg, "--no-progress",
+                timeout=300).returncode == 0
+    _one_line_error(_cli("corpus", "show", "bwv66", "--corpus", out, "--out", tmp_path / "x.png", "--perf", "7"),
+                    "has performances 0..0")
+    _one_line_error(_cli("corpus", "align", "nothing-like-this", "--corpus", out), "no piece")

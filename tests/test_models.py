@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch", reason="training extras (torch) not installed: pip install -e .[train]")
 
 from scorestream.models import metrics as M
 from scorestream.models.nets import ModelConfig, build_model, load_config, load_model
@@ -148,7 +149,7 @@ def test_repack_dense_pack_gives_the_same_windows(synth, tmp_path):
     path, _ = synth
     src = Pack.load(path)
     out = tmp_path / "dense.npz"
-    meta = repack(path, out, max_mb=50, spec_bits=6, log=lambda m: None)
+    meta = repack(path, out, max_mb=50, spec_bits=6)
     dense = Pack.load(out)
     assert meta["codec"] == "lzma" and dense.meta["spec_bits"] == 6 and meta["spec_scale"] == src.spec_scale / 4
     for split in ("valid", "test", "train"):  # everything fits in 50 MB: same pair counts
@@ -176,7 +177,7 @@ def test_repack_dense_pack_gives_the_same_windows(synth, tmp_path):
     on_grid = torch.isclose(a_tr * dense.spec_scale, torch.round(a_tr * dense.spec_scale), atol=1e-4)
     assert float(on_grid[a_tr != 0].float().mean()) < 0.05
     with pytest.raises(ValueError, match="already a dense"):
-        repack(out, tmp_path / "again.npz", log=lambda m: None)
+        repack(out, tmp_path / "again.npz")
 
 
 def _boundary_pack(path):
@@ -324,8 +325,14 @@ def test_training_learns_and_resumes(synth, tiny_toml, tmp_path):
     untrained = build_model(load_config("tiny", tiny_toml)).eval()
     mrr0 = evaluate_pairs(untrained, maker, vidx)["A2S"]["MRR"]
     best = load_model(out / "best.pt")
-    mrr1 = evaluate_pairs(best, maker, vidx)["A2S"]["MRR"]
-    assert mrr1 == pytest.approx(r2["valid_best_mrr"], abs=1e-6)
+    # like with like: validation ran under bf16 autocast where the CPU has native bf16
+    # (and in float32 elsewhere), so best.pt re-evaluated the same way gives the logged number
+    mrr_same = evaluate_pairs(best, maker, vidx, amp=True, channels_last=True)["A2S"]["MRR"]
+    assert mrr_same == pytest.approx(r2["valid_best_mrr"], abs=1e-6)
+    # in float32 the number may move by bf16 rounding only (8 mantissa bits: ~0.4 % per
+    # activation; an MRR over 200 pairs moves by a few thousandths at most)
+    mrr1 = evaluate_pairs(best, maker, vidx, amp=False)["A2S"]["MRR"]
+    assert mrr1 == pytest.approx(r2["valid_best_mrr"], abs=0.02)
     assert mrr1 > mrr0 and mrr1 > 2 * (np.log(200) + 0.58) / 200, (mrr0, mrr1)
     res = json.loads((out / "metrics.json").read_text())
     assert set(res["test"]) == {"A2S", "S2A"} and res["protocol"]["candidates"] > 0
@@ -340,7 +347,7 @@ def test_training_learns_and_resumes(synth, tiny_toml, tmp_path):
 
 @pytest.mark.parametrize("name", ["baseline", "long"])
 def test_onnx_export_and_embedder(name, tmp_path):
-    from scorestream.models.embedder import Embedder
+    from scorestream.models.embedder import Embedder, OnnxEmbedder
     from scorestream.models.export import export_model
     from scorestream.models.nets import save_best
 
@@ -360,7 +367,8 @@ def test_onnx_export_and_embedder(name, tmp_path):
     assert m.opset_import[0].version >= 17
     assert [i.name for i in m.graph.input] == ["spec"] and [o.name for o in m.graph.output] == ["embedding"]
 
-    emb = Embedder(tmp_path / "w" / name)
+    emb = OnnxEmbedder(tmp_path / "w" / name)
+    assert isinstance(emb, Embedder) and emb.input_spec.audio_frames == emb.audio_frames
     F = model.cfg.audio_frames
     assert emb.audio_frames == F and emb.sheet_shape == (80, 100) and emb.embed_dim == 32
     rng = np.random.default_rng(0)

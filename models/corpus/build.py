@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import fcntl
-import hashlib
+import logging
 import json
 import multiprocessing as mp
 import os
@@ -40,10 +40,14 @@ from pathlib import Path
 import numpy as np
 
 from scorestream.core.config import default_path, load_section
+from scorestream.core.errors import InputError
+from scorestream.core.npz import save_npz
+from scorestream.core.splits import SPLITS, unit_hash
+from scorestream.core.splits import split_of as _split_of
 
 from .scorefile import SCORE_SUFFIXES, ScoreError
 
-SPLITS = ("train", "valid", "test")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,19 +88,9 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_")[:120]
 
 
-def _unit_hash(key: str, seed: int) -> float:
-    h = hashlib.sha1(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64
-
-
 def split_of(group: str, cfg: CorpusConfig) -> str:
-    """Deterministic split by group (a work: its movements share one group)."""
-    u = _unit_hash(group, 12345)  # fixed: splits must not move when the build seed changes
-    if u < cfg.test_fraction:
-        return "test"
-    if u < cfg.test_fraction + cfg.valid_fraction:
-        return "valid"
-    return "train"
+    """Deterministic split by group (a work: its movements share one group); see scorestream.core.splits."""
+    return _split_of(group, cfg.valid_fraction, cfg.test_fraction)
 
 
 def discover(sources: list[str | Path]) -> list[tuple[str, Path, str]]:
@@ -110,7 +104,7 @@ def discover(sources: list[str | Path]) -> list[tuple[str, Path, str]]:
             files = sorted(p for p in src.rglob("*") if p.suffix.lower() in SCORE_SUFFIXES and p.is_file())
             root = src
         else:
-            raise FileNotFoundError(f"score source {src} does not exist")
+            raise InputError(f"score source {src} does not exist; give score folders or files (.mxl, .musicxml, .xml, .krn)")
         tag = _slug(root.name)
         for f in files:
             rel = f.relative_to(root).with_suffix("")
@@ -228,15 +222,16 @@ def build_piece(task: PieceTask, cfg: CorpusConfig, timbres: TimbreConfig) -> di
             raise RuntimeError(f"no soundfont configured for timbre {style.timbre!r}")
         audio, onsets = perform(timing, style, sf)
         spec = spectrogram(audio, fe)
-        np.savez(out / f"p{j}.npz", spec=spec.astype(np.float16), onsets=onsets.astype(np.float32))
+        save_npz(out / f"p{j}.npz", spec=spec.astype(np.float16), onsets=onsets.astype(np.float32))
         frames = np.unique(np.round(onsets * fe.fps).astype(int))
         performances.append({"name": f"p{j}", "style": style_json(style), "duration_s": round(len(audio) / fe.sample_rate, 3),
                              "frames": int(spec.shape[0]), "onset_frames": int(len(frames))})
     meta = {
         "id": task.piece_id, "source": task.source, "group": task.group, "split": task.split,
         "pages": n_pages_first, "events": int(len(timing.event_times)), "notes": len(timing.notes),
-        "engravings": engravings, "performances": performances, "build_seconds": round(time.time() - t0, 2),
+        "engravings": engravings, "performances": performances,
     }
+    log.debug("built %s in %.1f s", task.piece_id, time.time() - t0)
     tmp = out / "piece.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, out / "piece.json")
@@ -273,23 +268,36 @@ def _read_tsv_ids(path: Path) -> set[str]:
 
 
 def build(sources: list[str | Path], out: str | Path, workers: int = 2, limit: int | None = None,
-          config: str | Path | None = None, retry_failed: bool = False, progress: bool = True) -> dict:
-    """Build (or resume) a corpus. Returns the stats dict."""
+          config: str | Path | None = None, retry_failed: bool = False, progress: bool = True,
+          splits: list[str] | tuple[str, ...] | None = None) -> dict:
+    """Build (or resume) a corpus. Returns the stats dict, with ``"this_run"``: scores attempted / failed now.
+
+    ``splits``: build only the scores of these splits (the others can be added by a later run).
+    """
     from tqdm import tqdm
 
     cfg, timbres = load_configs(config)
     for name in set(timbres.train) | {timbres.test}:
         sf = timbres.soundfonts.get(name)
         if not sf or not Path(sf).is_file():
-            raise FileNotFoundError(f"soundfont for timbre {name!r} not found ({sf}); run scripts/setup.sh to install the Debian soundfonts")
+            raise InputError(f"soundfont for timbre {name!r} not found ({sf}); run scripts/setup.sh to install the Debian soundfonts")
+    for sp in splits or ():
+        if sp not in SPLITS:
+            raise InputError(f"unknown split {sp!r}; choose from {', '.join(SPLITS)}")
+    found = discover(sources)          # before anything is written: a missing source creates no folder
+    if not found:
+        raise InputError(f"no score files (.mxl, .musicxml, .xml, .krn) under {', '.join(map(str, sources))}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; give a folder for the corpus")
+    if out.is_dir() and any(out.iterdir()) and not (out / "corpus.json").is_file():
+        raise InputError(f"{out} is a non-empty folder that is not a corpus; give a new or empty folder")
     (out / "pieces").mkdir(parents=True, exist_ok=True)
     lock = open(out / ".build.lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise RuntimeError(f"another 'scorestream corpus build' is writing to {out}; wait for it or stop it first") from None
-    found = discover(sources)
+        raise InputError(f"another 'scorestream corpus build' is writing to {out}; wait for it or stop it first") from None
     rng = random.Random(cfg.seed)
     rng.shuffle(found)  # partial builds still cover every corpus and split
     if limit is not None:
@@ -312,10 +320,14 @@ def build(sources: list[str | Path], out: str | Path, workers: int = 2, limit: i
             continue
         if pid in failed:
             continue
-        tasks.append(PieceTask(pid, str(path), group, split_of(group, cfg), str(pdir), int(_unit_hash(pid, cfg.seed) * 2**31)))
-    print(f"{len(found)} scores found: {done} already built, {len(failed)} failed earlier, {len(tasks)} to build with {workers} worker(s)", file=sys.stderr)
+        split = split_of(group, cfg)
+        if splits and split not in splits:
+            continue
+        tasks.append(PieceTask(pid, str(path), group, split, str(pdir), int(unit_hash(pid, cfg.seed) * 2**31)))
+    log.info("%d scores found: %d already built, %d failed earlier, %d to build with %d worker(s)",
+             len(found), done, len(failed), len(tasks), workers)
 
-    bar = tqdm(total=len(found), initial=done, disable=not progress, unit="piece", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=done + len(tasks), initial=done, disable=not progress, unit="piece", dynamic_ncols=True, file=sys.stderr)
     n_fail = 0
     ctx = mp.get_context("spawn")  # verovio is not fork-safe
     pending = list(reversed(tasks))
@@ -348,7 +360,7 @@ def build(sources: list[str | Path], out: str | Path, workers: int = 2, limit: i
     bar.close()
     stats = write_index(out)
     lock.close()
-    print(format_stats(stats), file=sys.stderr)
+    stats["this_run"] = {"attempted": len(tasks), "failed": n_fail}
     return stats
 
 

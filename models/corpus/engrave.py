@@ -72,6 +72,9 @@ class EngravingStyle:
             "footer": "none",
             "breaks": "auto",
             "adjustPageHeight": False,
+            # note ids from a checksum of the input: the same score gets the same ids in
+            # every build, whatever the toolkit loaded before (reproducible corpora)
+            "xmlIdChecksum": True,
         }
 
 

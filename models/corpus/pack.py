@@ -9,42 +9,26 @@ enough to ship to a rented GPU and to keep resident in its memory.
 
 from __future__ import annotations
 
-import io
 import json
+import logging
 import random
-import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from .reader import Corpus, Piece
-from scorestream.core.strip import STAFF_SPACE, STRIP_HEIGHT
+from scorestream.core.geometry import STAFF_SPACE, STRIP_HEIGHT
+from scorestream.core.pack import (P_SPEC_LEN, P_SPEC_START, P_SPLIT, P_STRIP_LEN, P_STRIP_START, SPEC_SCALE, PackError,
+                                   encode_v2, pack_ink, quantize_spec, read_pack, write_pack_v1, write_pack_v2)
+from scorestream.core.splits import SPLIT_CODE, SPLITS, tempo_milli
 
-SPEC_SCALE = 64.0  # uint8 = round(log_spec * 64): covers log values 0 .. 3.98
-SPLIT_CODE = {"train": 0, "valid": 1, "test": 2}
+from .reader import Corpus, Piece
+
+log = logging.getLogger(__name__)
 
 
 def _compressed_size(a: np.ndarray) -> int:
     return len(zlib.compress(np.ascontiguousarray(a).tobytes(), 6))
-
-
-def _quantize(spec: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(spec * SPEC_SCALE), 0, 255).astype(np.uint8)
-
-
-def _ink_bits(strip: np.ndarray) -> np.ndarray:
-    ink = (strip < 128).astype(np.uint8)
-    return np.packbits(ink, axis=0)  # (25, W)
-
-
-def tempo_milli(style: dict) -> int:
-    """1000 x global tempo; exactly 1000 only for a metronomic (no rubato) tempo-1.0 take,
-    the paper's test condition."""
-    t = int(round(style["tempo"] * 1000))
-    if style.get("rubato", 0) > 0 and t == 1000:
-        return 1001
-    return t
 
 
 def build_pack(corpus_dir: str | Path, out: str | Path, max_mb: float = 55.0, max_train_hours: float | None = None,
@@ -102,8 +86,8 @@ def build_pack(corpus_dir: str | Path, out: str | Path, max_mb: float = 55.0, ma
         img = piece.strip(0).image
         x0 = 0 if excerpt is None else max(0, int(xs.min()) - 130)
         x1 = img.shape[1] if excerpt is None else min(img.shape[1], int(xs.max()) + 130)
-        bits = _ink_bits(img[:, x0:x1])
-        q = _quantize(spec[f0:f1])
+        bits = pack_ink(img[:, x0:x1])
+        q = quantize_spec(spec[f0:f1])
         cost = _compressed_size(bits) + _compressed_size(q) + int(keep.sum()) * 8
         if used + cost > budget:
             return False
@@ -150,33 +134,24 @@ def build_pack(corpus_dir: str | Path, out: str | Path, max_mb: float = 55.0, ma
                 continue
             added += 1
             if added % 100 == 0:
-                print(f"pack: {added} training excerpts, {hours['train']:.2f} h, {used / 1e6:.1f} MB", file=sys.stderr)
+                log.info("pack: %d training excerpts, %.2f h, %.1f MB", added, hours["train"], used / 1e6)
         if full:
             break
 
     if not pairs:
         raise ValueError(f"{corpus_dir}: no aligned pairs to pack")
     meta = {"version": 1, "spec_bins": int(spec_parts[0].shape[1]), "fps": 20, "spec_scale": SPEC_SCALE, "strip_height": STRIP_HEIGHT,
-            "staff_space": STAFF_SPACE, "timbres": timbres, "test_timbre": test_timbre, "splits": ["train", "valid", "test"],
+            "staff_space": STAFF_SPACE, "timbres": timbres, "test_timbre": test_timbre, "splits": list(SPLITS),
             "pieces": pieces, "hours": {k: round(v, 3) for k, v in hours.items()}, "pairs": n_pairs, "corpus": str(corpus_dir)}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, meta=np.array(json.dumps(meta)), spec=np.concatenate(spec_parts), strips=np.concatenate(strip_parts, axis=1),
-                        perfs=np.asarray(perfs, np.int64), pairs=np.concatenate(pairs))
+    out = write_pack_v1(out, meta, np.concatenate(spec_parts), np.concatenate(strip_parts, axis=1), np.asarray(perfs, np.int64),
+                        np.concatenate(pairs))
     meta["size_mb"] = round(out.stat().st_size / 1e6, 2)
     return meta
 
 
 # --------------------------------------------------------------------------- dense repack
 
-def _lzma(a: np.ndarray) -> np.ndarray:
-    import lzma
-
-    return np.frombuffer(lzma.compress(np.ascontiguousarray(a).tobytes(), preset=6), dtype=np.uint8)
-
-
-def repack(src: str | Path, out: str | Path, max_mb: float = 53.0, spec_bits: int = 6, seed: int = 0,
-           log=lambda m: print(m, file=sys.stderr)) -> dict:
+def repack(src: str | Path, out: str | Path, max_mb: float = 53.0, spec_bits: int = 6, seed: int = 0) -> dict:
     """Write a denser pack (format version 2) from a bigger one, keeping its valid and test sets.
 
     Why: a pack must fit the ~55 MB that travels to a rented GPU, and with zlib
@@ -187,16 +162,14 @@ def repack(src: str | Path, out: str | Path, max_mb: float = 53.0, spec_bits: in
     training performances.  Training performances are drawn at random from
     ``src`` until the compressed size reaches ``max_mb``.
     """
-    from scorestream.models.packdata import P_SPEC_LEN, P_SPEC_START, P_SPLIT, P_STRIP_LEN, P_STRIP_START
-
     if not 4 <= spec_bits <= 8:
         raise ValueError(f"spec_bits must be 4..8, got {spec_bits}")
-    with np.load(str(src), allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"][()]))
-        if meta.get("codec"):
-            raise ValueError(f"{src} is already a dense (version 2) pack; repack the original")
-        log(f"repack: reading {src}")
-        spec, strips, perfs, pairs = z["spec"], z["strips"], z["perfs"].astype(np.int64), z["pairs"].astype(np.int64)
+    log.info("repack: reading %s", src)
+    data = read_pack(src)
+    meta = data.meta
+    if meta.get("codec"):
+        raise PackError(f"{src} is already a dense (version 2) pack; repack the original version-1 pack")
+    spec, strips, perfs, pairs = data.spec, data.strips, data.perfs, data.pairs
     shift = 8 - spec_bits
     rng = np.random.default_rng(seed)
     keep_eval = np.flatnonzero(perfs[:, P_SPLIT] != 0)
@@ -229,17 +202,17 @@ def repack(src: str | Path, out: str | Path, max_mb: float = 53.0, spec_bits: in
     # estimate the compression ratio on a sample, then shrink until the real thing fits
     n = len(train)
     sample = build(train[: max(20, n // 50)] if n else keep_eval)
-    sample_spec_z = len(_lzma(sample[1].T))
-    ratio = sample[1].nbytes / sample_spec_z
-    per_perf = (sample_spec_z + len(_lzma(sample[2]))) / len(sample[3])
+    sample_spec_z, sample_strips_z = encode_v2(sample[1], sample[2])
+    ratio = sample[1].nbytes / len(sample_spec_z)
+    per_perf = (len(sample_spec_z) + len(sample_strips_z)) / len(sample[3])
     n = max(1, min(n, int(budget * 0.97 / per_perf) - len(keep_eval)))
-    log(f"repack: spectrogram lzma ratio ~{ratio:.2f} at {spec_bits} bits; trying {n} of {len(train)} training performances")
+    log.info("repack: spectrogram lzma ratio ~%.2f at %d bits; trying %d of %d training performances", ratio, spec_bits, n, len(train))
     while True:
-        log(f"repack: compressing {n} training performances (lzma is slow: about a minute per 100 MB)")
+        log.info("repack: compressing %d training performances (lzma is slow: about a minute per 100 MB)", n)
         sel, q, s, rows, prs = build(np.concatenate([keep_eval, train[:n]]))
-        spec_z, strips_z = _lzma(q.T), _lzma(s)
+        spec_z, strips_z = encode_v2(q, s)
         size = spec_z.nbytes + strips_z.nbytes + prs.nbytes // 2 + rows.nbytes
-        log(f"repack: {n} training performances -> {size / 1e6:.1f} MB")
+        log.info("repack: %d training performances -> %.1f MB", n, size / 1e6)
         if size <= budget:
             break
         if n <= 1:
@@ -248,18 +221,17 @@ def repack(src: str | Path, out: str | Path, max_mb: float = 53.0, spec_bits: in
     pieces = meta.get("pieces")
     out_meta = dict(meta)
     out_meta.update({
-        "version": 2, "codec": "lzma", "spec_layout": "bins_major", "spec_bits": spec_bits,
+        "spec_bits": spec_bits,
         "spec_scale": float(meta["spec_scale"]) / (1 << shift), "spec_shape": list(q.shape), "strips_shape": list(s.shape),
         "source": str(src),
-        "pairs": {name: int((rows[prs[:, 0], P_SPLIT] == k).sum()) for k, name in enumerate(("train", "valid", "test"))},
+        "pairs": {name: int((rows[prs[:, 0], P_SPLIT] == k).sum()) for k, name in enumerate(SPLITS)},
         "hours": {name: round(float(rows[rows[:, P_SPLIT] == k, P_SPEC_LEN].sum()) / 20 / 3600, 3)
-                  for k, name in enumerate(("train", "valid", "test"))},
+                  for k, name in enumerate(SPLITS)},
     })
     if pieces is not None:
         rows[:, 7] = np.arange(len(rows))
         out_meta["pieces"] = [pieces[int(perfs[p, 7])] for p in sel]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, meta=np.array(json.dumps(out_meta)), spec=spec_z, strips=strips_z, perfs=rows, pairs=prs.astype(np.int32))
+    out = write_pack_v2(out, out_meta, spec_z, strips_z, rows, prs)
+    out_meta.update(version=2, codec="lzma", spec_layout="bins_major")
     out_meta["size_mb"] = round(out.stat().st_size / 1e6, 2)
     return out_meta

@@ -257,40 +257,58 @@ def room(audio: np.ndarray, style: PerformanceStyle, sample_rate: int = SAMPLE_R
 
 
 class FluidRenderer:
-    """Plays note lists through libfluidsynth in-process.
+    """Plays note lists through libfluidsynth in-process, reproducibly.
 
-    Loading a soundfont costs up to seconds (the .sf3 ones decode Ogg
-    samples); a corpus worker keeps one synth per soundfont alive and renders
-    performance after performance with it, several hundred times real time.
+    Every performance is played by a fresh synth, so nothing of an earlier piece
+    (voices in release, the phase of fluidsynth's 64-sample block grid, controller
+    and modulator state) leaks into the next one: the same notes give the same
+    audio whatever was rendered before (a corpus is reproducible byte for byte).
+    Loading a soundfont costs up to seconds (the .sf3 ones decode Ogg samples), so
+    one idle "holder" synth per soundfont keeps it in libfluidsynth's process-wide
+    sample cache; a fresh synth then loads it in ~0.1 s.
     """
 
     def __init__(self, sample_rate: int = SAMPLE_RATE):
         self.sample_rate = sample_rate
-        self._synths: dict[str, tuple[object, int]] = {}
+        self._holders: dict[str, object] = {}
 
-    def _synth(self, soundfont: str | Path):
+    @staticmethod
+    def _fluidsynth():
+        try:
+            import fluidsynth
+        except (ImportError, OSError) as exc:
+            raise RuntimeError("pyfluidsynth/libfluidsynth missing: run scripts/setup.sh") from exc
+        return fluidsynth
+
+    def _new_synth(self, soundfont: str | Path):
+        fluidsynth = self._fluidsynth()
         key = str(soundfont)
-        if key not in self._synths:
-            try:
-                import fluidsynth
-            except (ImportError, OSError) as exc:
-                raise RuntimeError("pyfluidsynth/libfluidsynth missing: run scripts/setup.sh") from exc
-            if not Path(soundfont).is_file():
-                raise RuntimeError(f"soundfont {soundfont} not found: run scripts/setup.sh")
-            syn = fluidsynth.Synth(samplerate=float(self.sample_rate), gain=0.6)
-            syn.setting("synth.reverb.active", 0)
-            syn.setting("synth.chorus.active", 0)
-            sfid = syn.sfload(str(soundfont))
-            if sfid < 0:
+        if not Path(soundfont).is_file():
+            raise RuntimeError(f"soundfont {soundfont} not found: run scripts/setup.sh")
+        if key not in self._holders:
+            holder = fluidsynth.Synth(samplerate=float(self.sample_rate))
+            if holder.sfload(key) < 0:
                 raise RuntimeError(f"fluidsynth could not load {soundfont}")
-            self._synths[key] = (syn, sfid)
-        return self._synths[key]
+            self._holders[key] = holder
+        syn = fluidsynth.Synth(samplerate=float(self.sample_rate), gain=0.6)
+        syn.setting("synth.reverb.active", 0)
+        syn.setting("synth.chorus.active", 0)
+        sfid = syn.sfload(key)
+        if sfid < 0:
+            syn.delete()
+            raise RuntimeError(f"fluidsynth could not load {soundfont}")
+        return syn, sfid
 
     def render(self, notes: list[tuple[float, float, int, int]], soundfont: str | Path, program: int = 0,
                pedal_times: np.ndarray | None = None, tail: float = 1.5) -> np.ndarray:
         """Mono float32 audio of ``notes`` (on s, off s, pitch, velocity)."""
-        syn, sfid = self._synth(soundfont)
-        syn.system_reset()
+        syn, sfid = self._new_synth(soundfont)
+        try:
+            return self._play(syn, sfid, notes, program, pedal_times, tail)
+        finally:
+            syn.delete()
+
+    def _play(self, syn, sfid: int, notes, program: int, pedal_times, tail: float) -> np.ndarray:
         syn.program_select(0, sfid, 0, program)
         events = []  # (sample, order, kind, a, b): offs before ons at equal times
         sr = self.sample_rate

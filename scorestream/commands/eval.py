@@ -1,0 +1,58 @@
+"""``scorestream eval …``: evaluation of models and of the engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _candidates(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"needs at least 2 candidates, got {v}")
+    return v
+
+
+def _retrieval(a: argparse.Namespace) -> int:
+    from scorestream.models.evaluate import default_models, evaluate, markdown
+
+    if not a.corpus and not a.pack:
+        raise SystemExit("scorestream eval retrieval: error: give --corpus DIR or --pack FILE")
+    if a.corpus:
+        from .corpus import _corpus_dir
+
+        _corpus_dir(a.corpus)
+    res = evaluate(a.model or default_models(), corpus=a.corpus, pack=a.pack, split=a.split, candidates=a.candidates,
+                   timbre=a.timbre)
+    table = markdown(res)
+    print(table)
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    if a.markdown:
+        Path(a.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.markdown).write_text(table + "\n")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="evaluate models and the engine")
+    esub = ev.add_subparsers(dest="eval_command", required=True, metavar="COMMAND")
+    r = esub.add_parser("retrieval", help="the paper's snippet-retrieval protocol (R@k, MRR, median rank)")
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--corpus", metavar="DIR", help="built corpus folder (uses its --split)")
+    src.add_argument("--pack", metavar="NPZ", help="or a training pack (version 1 or 2)")
+    r.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split to evaluate (default test)")
+    r.add_argument("--candidates", type=_candidates, default=10000, help="candidates per query (default 10000, the paper's)")
+    r.add_argument("--timbre", default=None, help="corpus only: a timbre name or 'any' instead of the paper's condition "
+                   "(held-out timbre, tempo 1.0); the valid split needs it")
+    r.add_argument("--model", action="append", default=None, metavar="SPEC",
+                   help="model under models/weights or a path prefix; A+B is an ensemble "
+                        "(repeatable; default: every shipped model and their ensemble)")
+    r.add_argument("--json", default=None, metavar="FILE", help="write results here")
+    r.add_argument("--markdown", default=None, metavar="FILE", help="write a Markdown table here")
+    r.set_defaults(func=_retrieval)
