@@ -80,7 +80,7 @@ class SystemDetectionConfig:
     spacing_tol: float = 0.18  # a staff's 4 line gaps agree within this relative tolerance
     min_staff_width_ss: float = 6.0  # shortest staff accepted, in staff spaces
     # share of the staff's width where each line must be inked: as a thin line / with any ink
-    min_line_coverage: float = 0.3
+    min_line_coverage: float = 0.15
     min_ink_coverage: float = 0.75
     gap_bridge_ss: float = 3.0  # breaks of the staff lines bridged (chords, clefs, scan breaks)
     # grouping
@@ -349,12 +349,16 @@ def detect_systems(page: np.ndarray, config: SystemDetectionConfig = SystemDetec
 
     # ---- 3. binarise at working resolution
     mode = cfg.binarize
+    scanned, noise = _looks_scanned(work, ss_full / k)
     if mode == "auto":
-        mode = "sauvola" if _looks_scanned(work, ss_full / k) else "global"
+        mode = "sauvola" if scanned else "global"
     if mode == "sauvola":
         b = _sauvola(work, ss_full / k, cfg)
     else:
-        b = (work < t_glob).astype(np.uint8)
+        # generous on clean pages: a thin anti-aliased line drawn between two pixel rows is two
+        # rows of light grey (~200 of 255) on small renders
+        t_clean = max(t_glob, min(ink + 0.9 * (paper - ink), paper - 4.0 * noise - 2.0))
+        b = (work < t_clean).astype(np.uint8)
     if b.mean() < 1e-4:
         raise NoStavesError("no music staves found on this page (the page is blank)")
     # the scale again, at working resolution
@@ -393,23 +397,23 @@ def detect_systems(page: np.ndarray, config: SystemDetectionConfig = SystemDetec
 # --------------------------------------------------------------------------- steps
 
 
-def _looks_scanned(work: np.ndarray, ss: float) -> bool:
-    """Grey or uneven paper, grey margins or noisy paper: Sauvola instead of a global threshold."""
+def _looks_scanned(work: np.ndarray, ss: float) -> tuple[bool, float]:
+    """(looks like a grey scan, paper noise std): grey or uneven paper, grey margins or noisy
+    paper call for Sauvola instead of a global threshold."""
     h, w = work.shape
     bs = int(max(16, min(128, round(4 * ss))))
     hb, wb = h // bs, w // bs
     if hb < 2 or wb < 2:
-        return False
+        return False, 0.0
     blocks = work[: hb * bs, : wb * bs].reshape(hb, bs, wb, bs).transpose(0, 2, 1, 3).reshape(hb, wb, bs * bs)
     blocks = blocks[:, :, :: max(1, (bs * bs) // 256)]  # thin the sample for speed
     bg = np.percentile(blocks, 90, axis=2)
     lo, med, hi = np.percentile(bg, [5, 50, 95])
-    if med < 225 or hi - lo > 25:
-        return True
     # paper noise: spread of the bright pixels in mostly-white blocks
     vals = blocks[bg >= med - 5].ravel()
     vals = vals[vals > med - 60]
-    return bool(vals.size and float(np.std(vals)) > 10.0)
+    noise = float(np.std(vals)) if vals.size else 0.0
+    return bool(med < 225 or hi - lo > 25 or noise > 10.0), noise
 
 
 def _sauvola(work: np.ndarray, ss: float, cfg: SystemDetectionConfig) -> np.ndarray:
@@ -681,7 +685,7 @@ def _find_staves(proj: np.ndarray, tan_rows: np.ndarray, ctx: _Ctx) -> list[_Sta
             ly = ys[chain]
             gaps = np.diff(ly)
             gm = gaps.mean()
-            if gm < 0.6 * ss or gm > 1.5 * ss or np.any(np.abs(gaps - gm) > max(1.0, cfg.spacing_tol * gm)):
+            if gm < 0.6 * ss or gm > 1.5 * ss or np.any(np.abs(gaps - gm) > max(1.5, cfg.spacing_tol * gm)):
                 continue
             cands.append(_Staff(ly.copy(), float(st[chain].min()), float(tan_rows[min(len(tan_rows) - 1, int(ly.mean()))])))
     # strongest first; validated along the lines; no overlaps
@@ -704,6 +708,15 @@ def _find_staves(proj: np.ndarray, tan_rows: np.ndarray, ctx: _Ctx) -> list[_Sta
             continue
         c.x0, c.x1, c.coverage = float(x0), float(x1), float(cov.mean())
         c = _refine_staff(c, c.tan, ctx)
+        # printed staves are evenly spaced: a robust (Theil-Sen) fit of the five lines, so that a
+        # tie or ledger line next to one line does not bend the staff
+        i = np.arange(5)
+        d = float(np.median([(c.lines[q] - c.lines[p]) / (q - p) for p in range(5) for q in range(p + 1, 5)]))
+        y0 = float(np.median(c.lines - i * d))
+        fit = y0 + i * d
+        if np.abs(c.lines - fit).max() > max(1.5, 0.25 * d) or not 0.6 * ss <= d <= 1.5 * ss:
+            continue
+        c.lines = fit
         x0, x1, inks = _measure_extent(c, ctx)
         if x1 - x0 >= cfg.min_staff_width_ss * c.space:
             c.x0, c.x1 = float(x0), float(x1)
