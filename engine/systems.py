@@ -69,7 +69,7 @@ class SystemDetectionConfig:
 
     # binarisation: "auto" (global for clean pages, Sauvola for scan-like pages), "global", "sauvola"
     binarize: str = "auto"
-    sauvola_k: float = 0.2
+    sauvola_k: float = 0.1
     sauvola_window_ss: float = 4.0  # Sauvola window, in staff spaces
     # pages whose staff space is larger are block-averaged to about this many pixels per staff space
     work_staff_space: float = 10.0
