@@ -44,7 +44,8 @@ def _evenly(n: int, c: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n - 1, c)).astype(np.int64))
 
 
-def corpus_protocol(corpus_dir: str | Path, split: str, candidates: int, timbre: str | None = None) -> tuple[list, dict]:
+def corpus_protocol(corpus_dir: str | Path, split: str, candidates: int, timbre: str | None = None,
+                    piece_filter=None) -> tuple[list, dict]:
     """Selected pairs per piece: [(piece, perf, frames, strip_x)], plus protocol facts.
 
     ``timbre=None`` is the paper's condition (held-out timbre, tempo 1.0, no
@@ -59,6 +60,8 @@ def corpus_protocol(corpus_dir: str | Path, split: str, candidates: int, timbre:
     want = info["timbres"]["test"] if timbre is None else timbre
     pool = []  # (piece, perf, frame, x)
     for pid in corpus.piece_ids(split):
+        if piece_filter is not None and not piece_filter(pid):
+            continue
         piece = corpus.piece(pid)
         for j, perf in enumerate(piece.meta["performances"]):
             st = perf["style"]
@@ -194,3 +197,200 @@ def evaluate(models: list[str], corpus: str | None = None, pack: str | None = No
             **both_directions(a, s), "audio_frames": emb.audio_frames,
             "errors": {"A2S": error_breakdown(a, s, groups), "S2A": error_breakdown(s, a, groups)}}
     return results
+
+
+# --------------------------------------------------------------------------- realistic conditions
+
+def condition_protocol(name: str, candidates: int = 10000, corpus: str | Path | None = None,
+                       root: str | Path | None = None) -> tuple[list[dict], dict]:
+    """Retrieval pools of a named condition (``models.conditions.registry``).
+
+    Returns ``(sets, facts)``; each set is ``{"name", "selection", "labels"}`` where
+    ``selection`` has the form :func:`corpus_protocol` returns and ``labels`` one dict
+    (piece, corpus, composer) per selected pair.  Within a set, ``candidates`` pairs are
+    chosen evenly (linspace) over all its pairs, as in the paper's protocol; sets are
+    evaluated separately and their ranks pooled."""
+    from .conditions import registry
+    from .conditions.realistic import piece_labels
+    from .conditions.store import ConditionData
+
+    try:
+        cond = registry.get(name)
+    except KeyError as exc:
+        raise InputError(str(exc).strip("'\"")) from None
+    if cond.kind == "corpus":
+        if not corpus:
+            raise InputError(f"condition {name!r} needs --corpus DIR (the built corpus with its test split)")
+        selection, facts = corpus_protocol(corpus, "test", candidates, None, cond.piece_filter)
+        labels = [{"piece": piece.id, **piece_labels(piece.id)} for piece, _, frames, _ in selection for _ in frames]
+        facts.update(condition=name, description=cond.description, sets=1)
+        return [{"name": "all", "selection": selection, "labels": labels}], facts
+    folder = registry.folder_of(cond, root)
+    try:
+        data = ConditionData(folder)
+    except FileNotFoundError:
+        raise InputError(f"condition {name!r} is not built ({folder}); build it with "
+                         f"'python -m scorestream.models.conditions build {cond.folder}'") from None
+    sets, pool_total, chosen_total, pieces = [], 0, 0, set()
+    for set_name, takes in sorted(data.sets().items()):
+        pool = []
+        for t in takes:
+            if cond.piece_filter is not None and not cond.piece_filter(t.info.piece):
+                continue
+            pr = t.pairs()
+            pool.extend((t, int(f), float(x)) for f, x in zip(pr["frame"], pr["strip_x"]))
+        if not pool:
+            continue
+        sel = _evenly(len(pool), candidates)
+        groups: dict[str, list] = {}
+        order: list = []
+        for i in sel:
+            t, f, x = pool[i]
+            if t.id not in groups:
+                groups[t.id] = []
+                order.append(t)
+            groups[t.id].append((f, x))
+        selection = [(t, 0, np.array([g[0] for g in groups[t.id]]), np.array([g[1] for g in groups[t.id]])) for t in order]
+        labels = []
+        for t, _, frames, _ in selection:
+            lab = {"piece": t.info.piece, "corpus": t.info.labels.get("corpus", "?"), "composer": t.info.labels.get("composer", "?")}
+            labels.extend([lab] * len(frames))
+            pieces.add(t.info.piece)
+        sets.append({"name": set_name, "selection": selection, "labels": labels})
+        pool_total += len(pool)
+        chosen_total += len(sel)
+    if not sets:
+        raise InputError(f"condition {name!r}: no pairs in {folder}")
+    sizes = [sum(len(f) for _, _, f, _ in st["selection"]) for st in sets]
+    facts = {"source": str(folder), "condition": name, "description": cond.description, "split": data.meta["settings"].get("split", "eval"),
+             "timbre": data.meta["settings"].get("timbre", "?"), "tempo": "performed", "sets": len(sets),
+             "pool": pool_total, "candidates": int(round(np.mean(sizes))), "candidates_per_set": [int(min(sizes)), int(max(sizes))],
+             "pairs": chosen_total, "pieces": len(pieces), "selection_ok": cond.selection_ok}
+    return sets, facts
+
+
+def _ranks_with_extra(q: np.ndarray, c: np.ndarray, extra: np.ndarray | None, chunk: int = 2048) -> np.ndarray:
+    """1-based rank of candidate i for query i among ``c`` plus the ``extra`` distractor candidates."""
+    from .metrics import retrieval_ranks
+
+    ranks = retrieval_ranks(q, c)
+    if extra is not None and len(extra):
+        for s0 in range(0, len(q), chunk):
+            e0 = min(len(q), s0 + chunk)
+            true = np.einsum("ij,ij->i", q[s0:e0], c[s0:e0])
+            ranks[s0:e0] += ((q[s0:e0] @ extra.T) > true[:, None]).sum(axis=1)
+    return ranks
+
+
+def _breakdown(ranks: np.ndarray, labels: list[dict], key: str) -> dict:
+    from .metrics import metrics_from_ranks
+
+    out = {}
+    vals = np.array([lab.get(key, "?") for lab in labels])
+    for v in sorted(set(vals)):
+        m = metrics_from_ranks(ranks[vals == v])
+        out[str(v)] = {"R@1": m["R@1"], "MRR": m["MRR"], "n": m["n"]}
+    return out
+
+
+def evaluate_condition(models: list[str], condition: str, corpus: str | None = None, candidates: int = 10000,
+                       root: str | Path | None = None, fill_candidates: int = 0, embedder_factory=None) -> dict:
+    """Retrieval metrics of ``models`` on a named condition, pooled over its sets, with
+    breakdowns by piece, corpus and composer.
+
+    ``fill_candidates``: top every set's candidates up to this many with distractor pairs
+    from the paper condition of the corpus test split (other pieces, both directions), so
+    that a small pool (Vienna: ~1,000 pairs per pianist) is searched among as many
+    candidates as the paper's protocol."""
+    from .metrics import metrics_from_ranks
+
+    if not models:
+        raise FileNotFoundError(f"no shipped model in {WEIGHTS} (expected NAME_audio.onnx + NAME_sheet.onnx)")
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 2:
+        raise InputError(f"--candidates must be an integer of at least 2, got {candidates!r}")
+    sets, facts = condition_protocol(condition, candidates, corpus, root)
+    distract_sel = None
+    if fill_candidates:
+        if not corpus:
+            raise InputError("--fill-candidates needs --corpus DIR (distractors come from its test split)")
+        need = max(0, fill_candidates - min(len(st["labels"]) for st in sets))
+        if need:
+            distract_sel, dfacts = corpus_protocol(corpus, "test", need)
+            facts["distractors"] = {"from": dfacts["source"], "pool": dfacts["pool"], "max_used": dfacts["candidates"]}
+            facts["candidates_filled_to"] = fill_candidates
+    factory = embedder_factory or load_embedder
+    cache: dict[str, list] = {}
+    dcache: dict[str, tuple] = {}
+
+    def embed(e):
+        if e.name not in cache:
+            cache[e.name] = [embed_corpus_selection(st["selection"], e, label=f"{condition} {st['name']} {e.name}" if k % 8 == 0 else "")
+                             for k, st in enumerate(sets)]
+            if distract_sel is not None:
+                dcache[e.name] = embed_corpus_selection(distract_sel, e, label=f"distractors {e.name}")
+        return cache[e.name], dcache.get(e.name)
+
+    results: dict = {"protocol": facts, "models": {}}
+    for name in models:
+        emb = factory(name)
+        if isinstance(emb, EnsembleEmbedder):
+            parts = [embed(m) for m in emb.members]
+            per_set = [(emb.combine([p[0][k][0] for p in parts]), emb.combine([p[0][k][1] for p in parts])) for k in range(len(sets))]
+            dist = (emb.combine([p[1][0] for p in parts]), emb.combine([p[1][1] for p in parts])) if distract_sel is not None else None
+        else:
+            per_set, dist = embed(emb)
+        a2s, s2a, labels, err = [], [], [], {"A2S": [], "S2A": []}
+        for k, (st, (a, s)) in enumerate(zip(sets, per_set)):
+            extra_a = extra_s = None
+            if dist is not None:
+                need = max(0, fill_candidates - len(a))
+                pick = _evenly(len(dist[0]), need) if need else np.zeros(0, np.int64)
+                extra_a, extra_s = dist[0][pick], dist[1][pick]
+            a2s.append(_ranks_with_extra(a, s, extra_s))
+            s2a.append(_ranks_with_extra(s, a, extra_a))
+            labels.extend(st["labels"])
+            g = selection_groups(st["selection"])
+            err["A2S"].append((len(a), error_breakdown(a, s, g)))
+            err["S2A"].append((len(a), error_breakdown(s, a, g)))
+        ra, rs = np.concatenate(a2s), np.concatenate(s2a)
+        entry = {"A2S": metrics_from_ranks(ra), "S2A": metrics_from_ranks(rs), "audio_frames": emb.audio_frames, "errors": {}}
+        for d, rows in err.items():
+            n = sum(w for w, _ in rows)
+            entry["errors"][d] = {key: float(sum(w * e[key] for w, e in rows) / n) for key in rows[0][1]}
+        entry["by_piece"] = {"A2S": _breakdown(ra, labels, "piece"), "S2A": _breakdown(rs, labels, "piece")}
+        entry["by_corpus"] = {"A2S": _breakdown(ra, labels, "corpus"), "S2A": _breakdown(rs, labels, "corpus")}
+        entry["by_composer"] = {"A2S": _breakdown(ra, labels, "composer"), "S2A": _breakdown(rs, labels, "composer")}
+        results["models"][emb.name] = entry
+    return results
+
+
+def condition_markdown(results: dict, breakdown: tuple[str, ...] = ("corpus", "composer")) -> str:
+    """The condition's table (as :func:`markdown`) plus A2S breakdowns by corpus / composer / piece."""
+    p = results["protocol"]
+    head = (f"Condition `{p['condition']}` ({p['description']}): {p['pairs']:,} query pairs in {p['sets']} set(s) of "
+            f"{p['candidates_per_set'][0]:,}–{p['candidates_per_set'][1]:,} candidates"
+            if "candidates_per_set" in p else
+            f"Condition `{p['condition']}` ({p['description']}): {p['candidates']:,} candidates from {p['pool']:,} pairs")
+    if p.get("candidates_filled_to"):
+        head += f", topped up to {p['candidates_filled_to']:,} with paper-condition test-split distractors"
+    lines = [head + f", {p['pieces']} pieces, {p['source']}", "",
+             "| model | direction | R@1 % | R@5 % | R@25 % | MRR | median rank |", "|---|---|---:|---:|---:|---:|---:|"]
+    for name, r in results["models"].items():
+        for d in ("A2S", "S2A"):
+            m = r[d]
+            lines.append(f"| {name} | {d} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['R@25']:.1f} | {m['MRR']:.3f} | {m['MR']:g} |")
+    for key in breakdown:
+        groups = sorted({g for r in results["models"].values() for g in r.get(f"by_{key}", {}).get("A2S", {})})
+        if len(groups) < 2:
+            continue
+        names = list(results["models"])
+        lines += ["", f"A2S R@1 % / MRR by {key}:", "", "| " + key + " | n | " + " | ".join(names) + " |",
+                  "|---|---:|" + "---:|" * len(names)]
+        for g in groups:
+            cells, n = [], 0
+            for nm in names:
+                m = results["models"][nm][f"by_{key}"]["A2S"].get(g)
+                n = m["n"] if m else n
+                cells.append(f"{m['R@1']:.1f} / {m['MRR']:.3f}" if m else "–")
+            lines.append(f"| {g} | {n:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -20,6 +20,8 @@ def _candidates(text: str) -> int:
 def _retrieval(a: argparse.Namespace) -> int:
     from scorestream.models.evaluate import default_models, evaluate, markdown
 
+    if a.condition:
+        return _condition(a)
     if not a.corpus and not a.pack:
         raise SystemExit("scorestream eval retrieval: error: give --corpus DIR or --pack FILE")
     if a.corpus:
@@ -29,6 +31,28 @@ def _retrieval(a: argparse.Namespace) -> int:
     res = evaluate(a.model or default_models(), corpus=a.corpus, pack=a.pack, split=a.split, candidates=a.candidates,
                    timbre=a.timbre)
     table = markdown(res)
+    print(table)
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    if a.markdown:
+        Path(a.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.markdown).write_text(table + "\n")
+    return 0
+
+
+def _condition(a: argparse.Namespace) -> int:
+    from scorestream.models.evaluate import condition_markdown, default_models, evaluate_condition
+
+    if a.pack:
+        raise SystemExit("scorestream eval retrieval: error: --condition works on --corpus (or on built conditions), not --pack")
+    if a.corpus:
+        from .corpus import _corpus_dir
+
+        _corpus_dir(a.corpus)
+    res = evaluate_condition(a.model or default_models(), a.condition, corpus=a.corpus, candidates=a.candidates,
+                             root=a.conditions_root, fill_candidates=a.fill_candidates)
+    table = condition_markdown(res)
     print(table)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
@@ -53,6 +77,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--model", action="append", default=None, metavar="SPEC",
                    help="model under models/weights or a path prefix; A+B is an ensemble "
                         "(repeatable; default: every shipped model and their ensemble)")
+    r.add_argument("--condition", default=None, metavar="NAME",
+                   help="a realistic evaluation condition instead of the paper's protocol: "
+                        "paper, hard, vienna, vienna_realistic, vienna_schubert, vienna_schubert_realistic, "
+                        "realistic, realistic_hard, realistic_valid (choose checkpoints on realistic_valid / "
+                        "vienna_schubert*; see models/conditions/registry.py); prints breakdowns by corpus and composer")
+    r.add_argument("--fill-candidates", type=int, default=0, metavar="N",
+                   help="with --condition: top each pool up to N candidates with test-split distractors "
+                        "(needs --corpus; e.g. 10000 for Vienna, whose pools hold ~1,000 pairs)")
+    r.add_argument("--conditions-root", default=None, metavar="DIR", help="where built conditions live (default data/conditions)")
     r.add_argument("--json", default=None, metavar="FILE", help="write results here")
     r.add_argument("--markdown", default=None, metavar="FILE", help="write a Markdown table here")
     r.set_defaults(func=_retrieval)
