@@ -289,3 +289,61 @@ def test_condition_evaluation_pools_sets_and_fills(tmp_path):
     assert "by piece" not in condition_markdown(res) and "vienna" in condition_markdown(res)
     sch = evaluate_condition(["exact"], "vienna_schubert", root=root, embedder_factory=lambda name: emb)
     assert sch["protocol"]["pairs"] == 60 and sch["protocol"]["selection_ok"]
+
+
+# --------------------------------------------------------------------------- corpus v2: concert playing, variants
+
+SF_TRAIN = "/usr/share/sounds/sf2/TimGM6mb.sf2"
+needs_fluidsynth = pytest.mark.skipif(not Path(SF_TRAIN).is_file(), reason="fluidsynth/soundfonts missing: run scripts/setup.sh")
+
+
+def test_concert_performance_keeps_order_and_pedals():
+    import random
+
+    from scorestream.models.corpus.engrave import EngravingStyle, load_score, new_toolkit
+    from scorestream.models.corpus.perform import PerformanceStyle, human_performance, score_timing
+    from scorestream.models.corpus.scorefile import load_for_engraving
+
+    tk = new_toolkit()
+    load_score(tk, load_for_engraving(str(music21.corpus.getWork("schumann_clara/polonaise_op1n1"))), EngravingStyle())
+    timing = score_timing(tk)
+    tempos = []
+    for seed in range(6):
+        st = PerformanceStyle.concert(random.Random(seed), "x")
+        ev, notes, pedal = human_performance(timing, st)
+        assert len(ev) == len(timing.event_times)
+        # onsets follow the score except within the asynchrony/rolled-chord spread
+        assert np.all(np.diff(ev) > -0.25)
+        assert len(notes) >= 0.95 * len(timing.notes)
+        if st.pedal:
+            assert pedal and all(0 <= v <= 127 for _, v in pedal)
+        tempos.append((ev[-1] - ev[0]) / (timing.event_times[-1] - timing.event_times[0]))
+        assert ev == pytest.approx(human_performance(timing, st)[0])      # reproducible
+    assert max(tempos) / min(tempos) > 1.3                                # a wide tempo distribution
+
+
+@needs_fluidsynth
+def test_v2_config_keeps_the_paper_test_take_and_transposes_variants(tmp_path):
+    from scorestream.models.corpus.build import CorpusConfig, PieceTask, TimbreConfig, build_piece, load_configs
+
+    src = str(music21.corpus.getWork("bach/bwv66.6"))
+    timbres = TimbreConfig(train=("TimGM6mb",), test="TimGM6mb", soundfonts={"TimGM6mb": SF_TRAIN})
+    v2, _ = load_configs()
+    assert v2.concert_p > 0 and v2.variants
+    old = build_piece(PieceTask("a", src, "a", "test", str(tmp_path / "old"), 5), CorpusConfig(), timbres)
+    new = build_piece(PieceTask("a", src, "a", "test", str(tmp_path / "new"), 5), v2, timbres)
+    assert (tmp_path / "old" / "p0.npz").read_bytes() == (tmp_path / "new" / "p0.npz").read_bytes()
+    assert (tmp_path / "old" / "e0_strip.png").read_bytes() == (tmp_path / "new" / "e0_strip.png").read_bytes()
+    assert old["performances"][0]["style"]["tempo"] == 1.0 == new["performances"][0]["style"]["tempo"]
+    # a transposed variant: the timing's pitches and the noteheads move together
+    cfg = CorpusConfig(transpose_p=1.0, transpose_max=4, concert_p=1.0, performances=1)
+    var = build_piece(PieceTask("a~v1", src, "a", "train", str(tmp_path / "var"), 5, variant=1), cfg, timbres)
+    interval = var["engravings"][0]["style"]["transpose"]
+    assert interval[0] in "+-" and var["performances"][0]["style"]["human"]
+    import json
+
+    base_t = json.loads((tmp_path / "old" / "timing.json").read_text())
+    var_t = json.loads((tmp_path / "var" / "timing.json").read_text())
+    shift = {n2[2] - n1[2] for n1, n2 in zip(base_t["notes"], var_t["notes"])}
+    assert len(shift) == 1 and (shift.pop() > 0) == (interval[0] == "+")
+    assert var["engravings"][0]["note_coverage"] == 1.0

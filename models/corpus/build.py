@@ -67,6 +67,42 @@ class CorpusConfig:
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     keyboard_only: bool = True
+    # ---- concert playing (defaults: the original generator)
+    concert_p: float = 0.0               # share of (non-paper-test) takes played by PerformanceStyle.concert
+    concert_tempo_median: float = 0.75   # its global tempo: log-normal (measured on Vienna 4x22, see MODEL_CARD)
+    concert_tempo_log_sd: float = 0.3
+    concert_tempo_min: float = 0.35
+    concert_tempo_max: float = 1.7
+    # ---- extra engravings: variant pieces "<id>~v<k>" (own house style, often transposed, own takes)
+    variants: dict = field(default_factory=dict)     # piece-id prefix -> variants per piece (longest prefix wins)
+    variant_splits: tuple[str, ...] = ("train",)
+    transpose_p: float = 0.0             # share of variants transposed (verovio option transpose; audio follows)
+    transpose_max: int = 4               # semitones up or down
+
+
+_INTERVALS = {1: "m2", 2: "M2", 3: "m3", 4: "M3", 5: "P4", 6: "A4", 7: "P5"}
+
+
+@dataclass
+class VariantStyle:
+    """An engraving style plus a transposition (verovio's ``transpose`` option, e.g. ``"-m3"``)."""
+
+    base: dict
+    transpose: str = ""
+
+    def verovio_options(self) -> dict:
+        from .engrave import EngravingStyle
+
+        return {**EngravingStyle(**self.base).verovio_options(), "transpose": self.transpose}
+
+
+def variants_for(piece_id: str, cfg: CorpusConfig) -> int:
+    """Number of variant pieces for ``piece_id``: the value of its longest matching prefix in ``cfg.variants``."""
+    best, n = -1, 0
+    for prefix, k in (cfg.variants or {}).items():
+        if piece_id.startswith(prefix) and len(prefix) > best:
+            best, n = len(prefix), int(k)
+    return n
 
 
 def load_configs(path: str | Path | None = None) -> tuple[CorpusConfig, TimbreConfig]:
@@ -82,6 +118,7 @@ class PieceTask:
     split: str
     out_dir: str
     seed: int
+    variant: int = 0     # 0: the piece itself; k > 0: its k-th variant (another engraving, maybe transposed)
 
 
 def _slug(s: str) -> str:
@@ -177,11 +214,15 @@ def build_piece(task: PieceTask, cfg: CorpusConfig, timbres: TimbreConfig) -> di
     rng = random.Random(task.seed)
     text = load_for_engraving(task.source, keyboard=cfg.keyboard_only)
     tk = _toolkit()
+    tk.setOptions({"transpose": ""})          # a variant's transposition must not stay on for the next piece
     engravings = []
     timing = None
     n_pages_first = 0
     for e in range(cfg.engravings):
         style = EngravingStyle() if (task.split == "test" and e == 0) else EngravingStyle.random(rng)
+        if task.variant and e == 0 and cfg.transpose_p > 0 and rng.random() < cfg.transpose_p:
+            k = rng.randint(1, max(1, cfg.transpose_max))
+            style = VariantStyle(asdict(style), ("+" if rng.random() < 0.5 else "-") + _INTERVALS[min(k, 7)])
         n_pages = load_score(tk, text, style)
         if n_pages > cfg.max_pages:
             raise ScoreError(f"{n_pages} pages (more than max_pages={cfg.max_pages})")
@@ -215,6 +256,9 @@ def build_piece(task: PieceTask, cfg: CorpusConfig, timbres: TimbreConfig) -> di
     for j in range(cfg.performances):
         if task.split == "test" and j == 0:
             style = PerformanceStyle.plain(timbres.test, seed=rng.randrange(2**31))
+        elif cfg.concert_p > 0 and rng.random() < cfg.concert_p:
+            style = PerformanceStyle.concert(rng, rng.choice(list(timbres.train)), cfg.concert_tempo_median,
+                                             cfg.concert_tempo_log_sd, (cfg.concert_tempo_min, cfg.concert_tempo_max))
         else:
             style = PerformanceStyle.random(rng, rng.choice(list(timbres.train)))
         sf = timbres.soundfonts.get(style.timbre)
@@ -227,7 +271,7 @@ def build_piece(task: PieceTask, cfg: CorpusConfig, timbres: TimbreConfig) -> di
         performances.append({"name": f"p{j}", "style": style_json(style), "duration_s": round(len(audio) / fe.sample_rate, 3),
                              "frames": int(spec.shape[0]), "onset_frames": int(len(frames))})
     meta = {
-        "id": task.piece_id, "source": task.source, "group": task.group, "split": task.split,
+        "id": task.piece_id, "source": task.source, "group": task.group, "split": task.split, "variant": task.variant,
         "pages": n_pages_first, "events": int(len(timing.event_times)), "notes": len(timing.notes),
         "engravings": engravings, "performances": performances,
     }
@@ -324,6 +368,20 @@ def build(sources: list[str | Path], out: str | Path, workers: int = 2, limit: i
         if splits and split not in splits:
             continue
         tasks.append(PieceTask(pid, str(path), group, split, str(pdir), int(unit_hash(pid, cfg.seed) * 2**31)))
+    # variant pieces: more engravings (and takes) of the pieces the config weights up
+    for pid, path, group in found:
+        split = split_of(group, cfg)
+        if split not in cfg.variant_splits or (splits and split not in splits):
+            continue
+        for k in range(1, variants_for(pid, cfg) + 1):
+            vid = f"{pid}~v{k}"
+            pdir = out / "pieces" / vid
+            if (pdir / "piece.json").is_file():
+                done += 1
+                continue
+            if vid in failed:
+                continue
+            tasks.append(PieceTask(vid, str(path), group, split, str(pdir), int(unit_hash(vid, cfg.seed) * 2**31), k))
     log.info("%d scores found: %d already built, %d failed earlier, %d to build with %d worker(s)",
              len(found), done, len(failed), len(tasks), workers)
 
