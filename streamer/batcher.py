@@ -82,10 +82,11 @@ class BatchStream:
         now = time.monotonic()
         futs, dropped = [], []
         with b._cv:
+            if on_full == "error" and len(specs) > self.max_queued - len(self._q):
+                raise OverflowError(f"stream {self.name}: {len(specs)} windows do not fit into the batcher queue "
+                                    f"({len(self._q)} of {self.max_queued} taken); await wait_room() first")
             for spec in specs:
                 if len(self._q) >= self.max_queued:
-                    if on_full == "error":
-                        raise OverflowError(f"stream {self.name}: batcher queue full ({self.max_queued} windows)")
                     dropped.append(self._q.popleft())
                 fut = loop.create_future()
                 self._q.append(_Item(spec, fut, now, self))

@@ -1,0 +1,339 @@
+"""Real music for the server, browser and demo: scores from music21's bundled corpus, engraved
+with verovio (``scorestream.models.corpus.engrave``), played by fluidsynth
+(``scorestream.models.corpus.perform``) and added to a library with ``scorestream library add``.
+
+Everything is built once into a cache folder (``$SCORESTREAM_TEST_CACHE``, default
+``~/.cache/scorestream/fixtures``) keyed by the piece list, the engraving and the weights, so a
+second test run or demo run starts at once. Needs the ``train`` extra (verovio, music21,
+pyfluidsynth) and the soundfonts of scripts/setup.sh; :func:`available` says whether they are there.
+
+Also a command line, used by scripts/demo.sh::
+
+    python tests/music_fixtures.py library --out DIR [--set demo|test]
+    python tests/music_fixtures.py perform PIECE --out x.wav [--skip-repeat N] [--tempo 1.0]
+    python tests/music_fixtures.py speech --out speech.wav --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SOUNDFONT_TEST = Path("/usr/share/sounds/sf3/MuseScore_General.sf3")   # the held-out timbre
+SOUNDFONT_ALT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+SR = 22050
+
+
+@dataclass(frozen=True)
+class PieceSpec:
+    id: str
+    source: str                 # path inside music21's corpus
+    title: str
+    composer: str
+    systems_per_page: int | None = None   # None: verovio's A4-like page; n: pages cut to about n systems
+
+
+# Short pieces: the test library (built in every test session; ~1 min on 2 cores).
+# "minuet" is engraved with two systems per page, so a performance turns pages within seconds.
+TEST_SET = (
+    PieceSpec("bach-bwv66.6", "bach/bwv66.6.mxl", "Christ unser Herr zum Jordan kam (BWV 66.6)", "J. S. Bach"),
+    PieceSpec("mozart-k545-1", "mozart/k545/movement1_exposition.mxl", "Sonata K. 545, I (exposition)", "W. A. Mozart", 2),
+    PieceSpec("bach-bwv1.6", "bach/bwv1.6.mxl", "Wie schön leuchtet der Morgenstern (BWV 1.6)", "J. S. Bach"),
+    PieceSpec("schumann-polonaise-1", "schumann_clara/polonaise_op1n1.mxl", "Polonaise op. 1 no. 1", "Clara Schumann"),
+    PieceSpec("haydn-op74-1-3", "haydn/opus74no1/movement3.mxl", "String Quartet op. 74/1, III", "J. Haydn"),
+)
+
+# The demo's bundled library (~20 pieces).
+DEMO_SET = TEST_SET + (
+    PieceSpec("joplin-maple-leaf", "joplin/maple_leaf_rag.mxl", "Maple Leaf Rag", "Scott Joplin"),
+    PieceSpec("schumann-polonaise-2", "schumann_clara/polonaise_op1n2.mxl", "Polonaise op. 1 no. 2", "Clara Schumann"),
+    PieceSpec("schumann-polonaise-3", "schumann_clara/polonaise_op1n3.mxl", "Polonaise op. 1 no. 3", "Clara Schumann"),
+    PieceSpec("schumann-polonaise-4", "schumann_clara/polonaise_op1n4.mxl", "Polonaise op. 1 no. 4", "Clara Schumann"),
+    PieceSpec("beethoven-op18-1-3", "beethoven/opus18no1/movement3.mxl", "String Quartet op. 18/1, III", "L. van Beethoven"),
+    PieceSpec("mozart-k80-3", "mozart/k80/movement3.mxl", "String Quartet K. 80, III", "W. A. Mozart"),
+    PieceSpec("mozart-k155-2", "mozart/k155/movement2.mxl", "String Quartet K. 155, II", "W. A. Mozart"),
+    PieceSpec("mozart-k156-3", "mozart/k156/movement3.mxl", "String Quartet K. 156, III", "W. A. Mozart"),
+    PieceSpec("haydn-op1-1-1", "haydn/opus1no1/movement1.mxl", "String Quartet op. 1/1, I", "J. Haydn"),
+    PieceSpec("schubert-lindenbaum", "schubert/Lindenbaum.xml", "Der Lindenbaum", "F. Schubert"),
+    PieceSpec("beach-prayer", "beach/prayer_of_a_tired_child.musicxml", "Prayer of a Tired Child", "Amy Beach"),
+    PieceSpec("bach-bwv10.7", "bach/bwv10.7.mxl", "Er denket der Barmherzigkeit (BWV 10.7)", "J. S. Bach"),
+    PieceSpec("bach-bwv26.6", "bach/bwv26.6.mxl", "Ach wie flüchtig (BWV 26.6)", "J. S. Bach"),
+    PieceSpec("bach-bwv40.8", "bach/bwv40.8.mxl", "Freuet euch, ihr Christen (BWV 40.8)", "J. S. Bach"),
+    PieceSpec("corelli-op3-1-1", "corelli/opus3no1/1grave.xml", "Sonata op. 3/1, Grave", "A. Corelli"),
+)
+SETS = {"test": TEST_SET, "demo": DEMO_SET}
+
+
+def available() -> str | None:
+    """None when fixtures can be built here, else the reason they cannot."""
+    for mod in ("verovio", "music21", "fluidsynth", "resvg_py", "mido"):
+        try:
+            __import__(mod)
+        except Exception as exc:  # noqa: BLE001 - ImportError, OSError (libfluidsynth missing)
+            return f"{mod} is not importable ({exc}): install the train extra (bash scripts/setup.sh)"
+    if not SOUNDFONT_TEST.is_file():
+        return f"{SOUNDFONT_TEST} missing: run scripts/setup.sh"
+    return None
+
+
+def corpus_dir() -> Path:
+    import music21
+
+    return Path(music21.__file__).resolve().parent / "corpus"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SCORESTREAM_TEST_CACHE") or Path.home() / ".cache" / "scorestream" / "fixtures")
+
+
+def _weights_key() -> str:
+    w = ROOT / "models" / "weights"
+    h = hashlib.sha256()
+    for f in sorted(w.glob("*.onnx")):
+        h.update(f.name.encode())
+        h.update(str(f.stat().st_size).encode())
+    return h.hexdigest()[:10]
+
+
+# ----------------------------------------------------------------------------- engraving
+
+def _toolkit_for(spec: PieceSpec):
+    from scorestream.models.corpus.engrave import EngravingStyle, new_toolkit
+    from scorestream.models.corpus.scorefile import load_for_engraving
+
+    tk = new_toolkit()
+    text = load_for_engraving(corpus_dir() / spec.source)
+    style = EngravingStyle()
+    opts = style.verovio_options()
+    if spec.systems_per_page:
+        # a short page: about n systems of a two-staff piano score per page
+        opts["pageHeight"] = int(330 * spec.systems_per_page + 250)
+    tk.setOptions(opts)
+    if not tk.loadData(text):
+        raise RuntimeError(f"verovio cannot load {spec.source}")
+    return tk
+
+
+def engrave(spec: PieceSpec, out: Path) -> list[Path]:
+    """Page PNGs of a piece (``out/page001.png`` …) and ``out/timing.json`` (performed order)."""
+    from PIL import Image
+
+    from scorestream.models.corpus.engrave import rasterize
+    from scorestream.models.corpus.perform import score_timing
+
+    out.mkdir(parents=True, exist_ok=True)
+    tk = _toolkit_for(spec)
+    pages = []
+    for p in range(1, tk.getPageCount() + 1):
+        f = out / f"page{p:03d}.png"
+        Image.fromarray(rasterize(tk.renderToSVG(p))).save(f)
+        pages.append(f)
+    (out / "timing.json").write_text(json.dumps(score_timing(tk).to_json()))
+    return pages
+
+
+def timing_of(spec: PieceSpec, work: Path):
+    from scorestream.models.corpus.perform import ScoreTiming
+
+    f = work / spec.id / "timing.json"
+    if not f.is_file():
+        engrave(spec, work / spec.id)
+    return ScoreTiming.from_json(json.loads(f.read_text()))
+
+
+# ----------------------------------------------------------------------------- performing
+
+def repeats(timing) -> list[tuple[int, int]]:
+    """Repeated passes as event ranges ``[start, end)``: maximal runs of events whose engraved
+    notes were already played (note ids are unique per engraved note, so only a repeat, a
+    da capo or a dal segno plays one again)."""
+    first: dict[str, int] = {}
+    again = []
+    for i, ids in enumerate(timing.event_ids):
+        k = ids[0] if ids else f"?{i}"
+        again.append(first.setdefault(k, i) < i)
+    out, i = [], 0
+    while i < len(again):
+        if again[i]:
+            j = i
+            while j < len(again) and again[j]:
+                j += 1
+            out.append((i, j))
+            i = j
+        else:
+            i += 1
+    return out
+
+
+def skip_events(timing, start: int, end: int):
+    """The performance without events ``[start, end)`` (later events move earlier)."""
+    from scorestream.models.corpus.perform import Note, ScoreTiming
+
+    et = np.asarray(timing.event_times, float)
+    t0 = et[start]
+    t1 = et[end] if end < len(et) else et[-1] + 1.0
+    gap = t1 - t0
+    keep = [i for i in range(len(et)) if not start <= i < end]
+    new_index = {old: k for k, old in enumerate(keep)}
+    times = np.array([et[i] - (gap if i >= end else 0.0) for i in keep])
+    notes = [Note(n.onset - (gap if n.event >= end else 0.0), n.offset - (gap if n.event >= end else 0.0), n.pitch,
+                  new_index[n.event]) for n in timing.notes if n.event in new_index]
+    for n in notes:
+        if n.event < start and n.offset > t0:
+            n.offset = t0        # nothing rings over the cut
+    mt = np.asarray(timing.measure_times, float)
+    measures = np.concatenate([mt[mt < t0], mt[mt >= t1] - gap])
+    return ScoreTiming(times, [timing.event_ids[i] for i in keep], notes, measures)
+
+
+def perform_audio(timing, *, soundfont: Path = SOUNDFONT_TEST, tempo: float = 1.0, seed: int = 0,
+                  rubato: float = 0.0) -> np.ndarray:
+    """Mono float32 audio at 22050 Hz."""
+    from scorestream.models.corpus.perform import PerformanceStyle, perform
+
+    style = replace(PerformanceStyle.plain(soundfont.stem, seed=seed), tempo=tempo, rubato=rubato)
+    audio, _ = perform(timing, style, soundfont)
+    return audio
+
+
+def write_wav(path: Path, audio: np.ndarray, sr: int = SR) -> Path:
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.asarray(audio, np.float32), sr, subtype="PCM_16")
+    return path
+
+
+def speech(seconds: float = 10.0, sr: int = SR) -> np.ndarray:
+    """Spoken English from espeak-ng (the "not music" test), ``seconds`` long."""
+    text = ("This is not music. The quick brown fox jumps over the lazy dog. A score follower should say "
+            "unknown while somebody talks. Please wait for the next piece, which starts in a moment. ") * 3
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "speech.wav"
+        exe = shutil.which("espeak-ng") or shutil.which("espeak")
+        if exe is None:
+            raise RuntimeError("espeak-ng is missing: run scripts/setup.sh (Debian package espeak-ng)")
+        subprocess.run([exe, "-w", str(f), "-s", "160", text], check=True, capture_output=True)
+        import soundfile as sf
+
+        x, r = sf.read(str(f), dtype="float32", always_2d=True)
+    from scorestream.core.audio import to_mono_float
+
+    y = to_mono_float(x, r, target_rate=sr)
+    n = int(seconds * sr)
+    y = np.tile(y, int(np.ceil(n / len(y))))[:n] if len(y) else np.zeros(n, np.float32)
+    return (0.5 * y / (np.abs(y).max() + 1e-9)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- the library
+
+def build_library(specs=TEST_SET, *, root: Path | None = None, log=print) -> Path:
+    """A library of ``specs`` (cached); returns its folder. Pages under ``<cache>/pages/<id>/``."""
+    key = hashlib.sha256(json.dumps([s.__dict__ for s in specs], sort_keys=True).encode() + _weights_key().encode()).hexdigest()[:12]
+    base = (root or cache_root()) / f"lib-{key}"
+    lib = base / "library"
+    done = base / "complete.json"
+    if done.is_file():
+        return lib
+    pages_root = base / "pages"
+    if lib.exists():
+        shutil.rmtree(lib)
+    exe = [sys.executable, "-m", "scorestream.cli"]
+    for s in specs:
+        pages = sorted((pages_root / s.id).glob("page*.png"))
+        if not pages:
+            pages = engrave(s, pages_root / s.id)
+        r = subprocess.run(exe + ["-q", "library", "add", "--library", str(lib), "--id", s.id, "--title", s.title,
+                                  "--composer", s.composer, "--no-progress", *map(str, pages)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"library add {s.id} failed: {r.stderr.strip()}")
+        log(f"fixtures: {r.stdout.strip()}")
+    done.write_text(json.dumps({"pieces": [s.id for s in specs]}))
+    return lib
+
+
+def pages_dir(lib: Path) -> Path:
+    return lib.parent / "pages"
+
+
+def spec_of(piece_id: str) -> PieceSpec:
+    for s in DEMO_SET:
+        if s.id == piece_id:
+            return s
+    raise KeyError(f"no fixture piece {piece_id!r}")
+
+
+def performance(piece_id: str, *, lib: Path, tempo: float = 1.0, skip_repeat: int | None = None, seed: int = 0,
+                soundfont: Path = SOUNDFONT_TEST, seconds: float | None = None) -> Path:
+    """A cached WAV of a performance of a library piece (22050 Hz mono)."""
+    tag = f"{piece_id}-t{tempo:g}-s{seed}-r{skip_repeat}-{soundfont.stem}-{seconds}"
+    f = lib.parent / "audio" / f"{tag}.wav"
+    if f.is_file():
+        return f
+    spec = spec_of(piece_id)
+    timing = timing_of(spec, pages_dir(lib))
+    if skip_repeat is not None:
+        reps = repeats(timing)
+        if not reps:
+            raise RuntimeError(f"{piece_id} has no repeat to skip")
+        a, b = reps[skip_repeat % len(reps)]
+        timing = skip_events(timing, a, b)
+    audio = perform_audio(timing, soundfont=soundfont, tempo=tempo, seed=seed)
+    if seconds is not None:
+        audio = audio[: int(seconds * SR)]
+    return write_wav(f, audio)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("library")
+    a.add_argument("--set", choices=sorted(SETS), default="test")
+    a.add_argument("--root", default=None)
+    b = sub.add_parser("perform")
+    b.add_argument("piece")
+    b.add_argument("--set", choices=sorted(SETS), default="test")
+    b.add_argument("--root", default=None)
+    b.add_argument("--out", required=True)
+    b.add_argument("--skip-repeat", type=int, default=None)
+    b.add_argument("--tempo", type=float, default=1.0)
+    b.add_argument("--seconds", type=float, default=None)
+    c = sub.add_parser("speech")
+    c.add_argument("--out", required=True)
+    c.add_argument("--seconds", type=float, default=10.0)
+    r = sub.add_parser("repeats")
+    r.add_argument("piece")
+    r.add_argument("--set", choices=sorted(SETS), default="test")
+    r.add_argument("--root", default=None)
+    a_ = ap.parse_args(argv)
+    if a_.cmd == "speech":
+        write_wav(Path(a_.out), speech(a_.seconds))
+        return 0
+    lib = build_library(SETS[a_.set], root=Path(a_.root) if a_.root else None, log=lambda s: print(s, file=sys.stderr))
+    if a_.cmd == "library":
+        print(lib)
+    elif a_.cmd == "repeats":
+        t = timing_of(spec_of(a_.piece), pages_dir(lib))
+        print(json.dumps([(a, b, round(float(t.event_times[a]), 2), round(float(t.event_times[min(b, len(t.event_times) - 1)]), 2))
+                          for a, b in repeats(t)]))
+    else:
+        f = performance(a_.piece, lib=lib, tempo=a_.tempo, skip_repeat=a_.skip_repeat, seconds=a_.seconds)
+        shutil.copyfile(f, a_.out)
+        print(a_.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
