@@ -13,6 +13,8 @@ APT_PACKAGES=(
   timgm6mb-soundfont             # TimGM6mb (train timbre)
   musescore-general-soundfont    # MuseScore_General (held-out test timbre)
   mosquitto                      # MQTT broker for monitoring consumers and tests
+  chromium                       # headless browser for tests/test_browser.py (driven by playwright, no download)
+  espeak-ng                      # speech for the demo and the "not music" tests
 )
 
 missing=()
