@@ -298,10 +298,11 @@ def evaluate_condition(models: list[str], condition: str, corpus: str | None = N
     """Retrieval metrics of ``models`` on a named condition, pooled over its sets, with
     breakdowns by piece, corpus and composer.
 
-    ``fill_candidates``: top every set's candidates up to this many with distractor pairs
-    from the paper condition of the corpus test split (other pieces, both directions), so
-    that a small pool (Vienna: ~1,000 pairs per pianist) is searched among as many
-    candidates as the paper's protocol."""
+    ``fill_candidates``: also rank every set's queries after topping its candidates up to
+    this many with distractor pairs from the paper condition of the corpus test split
+    (other pieces, both directions; ``entry["filled"]``), so that a small pool (Vienna:
+    ~1,000 pairs per pianist) is searched among as many candidates as the paper's
+    protocol.  ``A2S``/``S2A`` stay the own-pool numbers."""
     from .metrics import metrics_from_ranks
 
     if not models:
@@ -339,21 +340,25 @@ def evaluate_condition(models: list[str], condition: str, corpus: str | None = N
             dist = (emb.combine([p[1][0] for p in parts]), emb.combine([p[1][1] for p in parts])) if distract_sel is not None else None
         else:
             per_set, dist = embed(emb)
-        a2s, s2a, labels, err = [], [], [], {"A2S": [], "S2A": []}
+        a2s, s2a, fa2s, fs2a, labels, err = [], [], [], [], [], {"A2S": [], "S2A": []}
         for k, (st, (a, s)) in enumerate(zip(sets, per_set)):
-            extra_a = extra_s = None
+            a2s.append(_ranks_with_extra(a, s, None))
+            s2a.append(_ranks_with_extra(s, a, None))
             if dist is not None:
                 need = max(0, fill_candidates - len(a))
                 pick = _evenly(len(dist[0]), need) if need else np.zeros(0, np.int64)
-                extra_a, extra_s = dist[0][pick], dist[1][pick]
-            a2s.append(_ranks_with_extra(a, s, extra_s))
-            s2a.append(_ranks_with_extra(s, a, extra_a))
+                fa2s.append(_ranks_with_extra(a, s, dist[1][pick]))
+                fs2a.append(_ranks_with_extra(s, a, dist[0][pick]))
             labels.extend(st["labels"])
             g = selection_groups(st["selection"])
             err["A2S"].append((len(a), error_breakdown(a, s, g)))
             err["S2A"].append((len(a), error_breakdown(s, a, g)))
         ra, rs = np.concatenate(a2s), np.concatenate(s2a)
         entry = {"A2S": metrics_from_ranks(ra), "S2A": metrics_from_ranks(rs), "audio_frames": emb.audio_frames, "errors": {}}
+        if dist is not None:
+            fra, frs = np.concatenate(fa2s), np.concatenate(fs2a)
+            entry["filled"] = {"candidates": fill_candidates, "A2S": metrics_from_ranks(fra), "S2A": metrics_from_ranks(frs),
+                               "by_piece": {"A2S": _breakdown(fra, labels, "piece")}}
         for d, rows in err.items():
             n = sum(w for w, _ in rows)
             entry["errors"][d] = {key: float(sum(w * e[key] for w, e in rows) / n) for key in rows[0][1]}
@@ -372,13 +377,18 @@ def condition_markdown(results: dict, breakdown: tuple[str, ...] = ("corpus", "c
             if "candidates_per_set" in p else
             f"Condition `{p['condition']}` ({p['description']}): {p['candidates']:,} candidates from {p['pool']:,} pairs")
     if p.get("candidates_filled_to"):
-        head += f", topped up to {p['candidates_filled_to']:,} with paper-condition test-split distractors"
+        head += f" (rows marked '{p['candidates_filled_to']:,} candidates': topped up with paper-condition test-split distractors)"
     lines = [head + f", {p['pieces']} pieces, {p['source']}", "",
              "| model | direction | R@1 % | R@5 % | R@25 % | MRR | median rank |", "|---|---|---:|---:|---:|---:|---:|"]
     for name, r in results["models"].items():
         for d in ("A2S", "S2A"):
             m = r[d]
             lines.append(f"| {name} | {d} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['R@25']:.1f} | {m['MRR']:.3f} | {m['MR']:g} |")
+        if "filled" in r:
+            for d in ("A2S", "S2A"):
+                m = r["filled"][d]
+                lines.append(f"| {name}, {r['filled']['candidates']:,} candidates | {d} | {m['R@1']:.1f} | {m['R@5']:.1f} | "
+                             f"{m['R@25']:.1f} | {m['MRR']:.3f} | {m['MR']:g} |")
     for key in breakdown:
         groups = sorted({g for r in results["models"].values() for g in r.get(f"by_{key}", {}).get("A2S", {})})
         if len(groups) < 2:

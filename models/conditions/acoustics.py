@@ -173,12 +173,19 @@ def schroeder_rt60(rir: np.ndarray, sr: int = SAMPLE_RATE, lo_db: float = -5.0, 
 
 # --------------------------------------------------------------------------- noise, codec
 
+def _fast_len(n: int) -> int:
+    from scipy.fft import next_fast_len
+
+    return int(next_fast_len(int(n), real=True))
+
+
 def _coloured(n: int, rng: np.random.Generator, exponent: float) -> np.ndarray:
     """Noise with a 1/f^exponent power spectrum (0 white, 1 pink, 2 brown)."""
-    X = np.fft.rfft(rng.standard_normal(n))
+    m = _fast_len(n)
+    X = np.fft.rfft(rng.standard_normal(m))
     f = np.arange(len(X), dtype=float)
     f[0] = 1.0
-    y = np.fft.irfft(X / f ** (exponent / 2), n)
+    y = np.fft.irfft(X / f ** (exponent / 2), m)[:n]
     return y / (np.std(y) + 1e-12)
 
 
@@ -320,12 +327,13 @@ def draw_scene(rng: np.random.Generator, dry_p: float = 0.1) -> Scene:
 def _tilt(x: np.ndarray, tilt_db: float, lowcut_hz: float, sr: int) -> np.ndarray:
     if not tilt_db and not lowcut_hz:
         return x
-    X = np.fft.rfft(x)
-    f = np.maximum(np.fft.rfftfreq(len(x), 1 / sr), 1.0)
+    m = _fast_len(len(x) + int(0.1 * sr))          # zero padding: the filter's ringing does not wrap around
+    X = np.fft.rfft(x, m)
+    f = np.maximum(np.fft.rfftfreq(m, 1 / sr), 1.0)
     g = 10 ** (tilt_db * np.log2(f / 1000.0) / 20)
     if lowcut_hz:
         g *= 1 / np.sqrt(1 + (lowcut_hz / f) ** 4)
-    return np.fft.irfft(X * g, len(x)).astype(np.float32)
+    return np.fft.irfft(X * g, m)[: len(x)].astype(np.float32)
 
 
 def apply_scene(x: np.ndarray, scene: Scene, sr: int = SAMPLE_RATE) -> np.ndarray:

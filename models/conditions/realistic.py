@@ -84,7 +84,7 @@ def build(corpus_dir: str | Path, split: str = "test", out_root: str | Path = DE
     corpus = Corpus(corpus_dir)
     name = name or {"test": "realistic", "valid": "realistic_valid"}.get(split, f"realistic_{split}")
     settings = {"corpus": str(Path(corpus_dir).resolve()), "split": split, "only_hard": only_hard, "version": 1,
-                "performance": "PerformanceStyle.concert", "timbre": "Salamander Grand", "scene": "acoustics.draw_scene"}
+                "performance": "PerformanceStyle.concert", "timbre": "Salamander Grand", "scene": "acoustics.draw_scene", "acoustics": 2}
     w = ConditionWriter(Path(out_root) / name, name, __doc__.split("\n\n")[0], settings)
     fe = FrontEndConfig()
     sampler = Sampler(salamander_root or SAL_ROOT, fe.sample_rate)

@@ -86,7 +86,8 @@ def build(out_root: str | Path = DEFAULT_ROOT, source: str | Path = VIENNA, real
     name = name or ("vienna_realistic" if realistic else "vienna")
     pieces = pieces or tuple(PIECES)
     settings = {"source": str(source), "pieces": list(pieces), "realistic": realistic, "engraving": "EngravingStyle()",
-                "timbre": "Salamander Grand + scene" if realistic else "MuseScore_General, dry", "version": 1}
+                "timbre": "Salamander Grand + scene" if realistic else "MuseScore_General, dry", "version": 1,
+                "acoustics": 2 if realistic else 0}
     w = ConditionWriter(Path(out_root) / name, name, __doc__.split("\n\n")[0], settings)
     fe = FrontEndConfig()
     renderer = None if realistic else FluidRenderer(fe.sample_rate)

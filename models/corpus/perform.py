@@ -458,9 +458,12 @@ def room(audio: np.ndarray, style: PerformanceStyle, sample_rate: int = SAMPLE_R
         noise *= np.sqrt(p / (np.mean(noise**2) * 10 ** (style.noise_snr_db / 10)))
         y = y + noise
     if style.eq_tilt_db:
-        Y = np.fft.rfft(y)
-        f = np.maximum(np.fft.rfftfreq(len(y), 1 / sample_rate), 20.0)
-        y = np.fft.irfft(Y * 10 ** (style.eq_tilt_db * np.log2(f / 1000.0) / 20), len(y))
+        from scipy.fft import next_fast_len
+
+        m = int(next_fast_len(len(y) + sample_rate // 10, real=True))
+        Y = np.fft.rfft(y, m)
+        f = np.maximum(np.fft.rfftfreq(m, 1 / sample_rate), 20.0)
+        y = np.fft.irfft(Y * 10 ** (style.eq_tilt_db * np.log2(f / 1000.0) / 20), m)[: len(y)]
     peak = np.max(np.abs(y)) + 1e-9
     return (y / peak * 0.9).astype(np.float32)
 
