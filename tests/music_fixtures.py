@@ -238,9 +238,11 @@ def speech(seconds: float = 10.0, sr: int = SR) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the library
 
-def build_library(specs=TEST_SET, *, root: Path | None = None, log=print) -> Path:
-    """A library of ``specs`` (cached); returns its folder. Pages under ``<cache>/pages/<id>/``."""
-    key = hashlib.sha256(json.dumps([s.__dict__ for s in specs], sort_keys=True).encode() + _weights_key().encode()).hexdigest()[:12]
+def build_library(specs=TEST_SET, *, root: Path | None = None, log=print, model: str | None = None) -> Path:
+    """A library of ``specs`` (cached); returns its folder. Pages under ``<cache>/pages/<id>/``.
+    ``model``: the embedding model of the library (default: the library config's)."""
+    key = hashlib.sha256(json.dumps([s.__dict__ for s in specs], sort_keys=True).encode() + _weights_key().encode()
+                         + str(model).encode()).hexdigest()[:12]
     base = (root or cache_root()) / f"lib-{key}"
     lib = base / "library"
     done = base / "complete.json"
@@ -254,8 +256,9 @@ def build_library(specs=TEST_SET, *, root: Path | None = None, log=print) -> Pat
         pages = sorted((pages_root / s.id).glob("page*.png"))
         if not pages:
             pages = engrave(s, pages_root / s.id)
+        extra = ["--model", model] if model and not lib.exists() else []
         r = subprocess.run(exe + ["-q", "library", "add", "--library", str(lib), "--id", s.id, "--title", s.title,
-                                  "--composer", s.composer, "--no-progress", *map(str, pages)],
+                                  "--composer", s.composer, "--no-progress", *extra, *map(str, pages)],
                            capture_output=True, text=True)
         if r.returncode:
             raise RuntimeError(f"library add {s.id} failed: {r.stderr.strip()}")
@@ -302,6 +305,7 @@ def main(argv=None) -> int:
     a = sub.add_parser("library")
     a.add_argument("--set", choices=sorted(SETS), default="test")
     a.add_argument("--root", default=None)
+    a.add_argument("--model", default=None)
     b = sub.add_parser("perform")
     b.add_argument("piece")
     b.add_argument("--set", choices=sorted(SETS), default="test")
@@ -321,7 +325,8 @@ def main(argv=None) -> int:
     if a_.cmd == "speech":
         write_wav(Path(a_.out), speech(a_.seconds))
         return 0
-    lib = build_library(SETS[a_.set], root=Path(a_.root) if a_.root else None, log=lambda s: print(s, file=sys.stderr))
+    lib = build_library(SETS[a_.set], root=Path(a_.root) if a_.root else None, log=lambda s: print(s, file=sys.stderr),
+                        model=getattr(a_, "model", None))
     if a_.cmd == "library":
         print(lib)
     elif a_.cmd == "repeats":
