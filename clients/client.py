@@ -262,16 +262,22 @@ async def _aiter(chunks) -> AsyncIterator[np.ndarray]:
 
 
 async def stream_chunks(url: str, chunks: Iterable[np.ndarray] | AsyncIterator[np.ndarray], *, sample_rate: float,
-                        channels: int = 1, realtime: bool = False, format: str = "float32", **kw) -> Summary:
-    """Stream chunks (interleaved PCM) as one stream; with ``realtime`` paced by the wall clock."""
+                        channels: int = 1, realtime: bool = False, speed: float | None = None, format: str = "float32",
+                        **kw) -> Summary:
+    """Stream chunks (interleaved PCM) as one stream; with ``realtime`` paced by the wall clock
+    (``speed``: that many seconds of audio per second; ``realtime`` is speed 1)."""
+    if realtime and speed is None:
+        speed = 1.0
+    if speed is not None and not speed > 0:
+        raise ValueError(f"speed must be > 0, got {speed}")
     client = Client(url, sample_rate=sample_rate, channels=channels, format=format, **kw)
     await client.connect()
     try:
         t0 = time.monotonic()
         async for c in _aiter(chunks):
             await client.send(c)
-            if realtime:
-                wait = t0 + client.summary.sent_seconds - time.monotonic()
+            if speed is not None:
+                wait = t0 + client.summary.sent_seconds / speed - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
         return await client.finish()
@@ -280,10 +286,12 @@ async def stream_chunks(url: str, chunks: Iterable[np.ndarray] | AsyncIterator[n
         raise
 
 
-async def stream_file(path: str | Path, url: str, *, realtime: bool = False, chunk_s: float = 0.1, **kw) -> Summary:
-    """Stream an audio file (as fast as the server takes it, or in real time)."""
+async def stream_file(path: str | Path, url: str, *, realtime: bool = False, speed: float | None = None,
+                      chunk_s: float = 0.1, **kw) -> Summary:
+    """Stream an audio file (as fast as the server takes it, in real time, or at ``speed`` x real time)."""
     sr, ch, _ = file_info(path)
-    return await stream_chunks(url, file_chunks(path, chunk_s), sample_rate=sr, channels=ch, realtime=realtime, **kw)
+    return await stream_chunks(url, file_chunks(path, chunk_s), sample_rate=sr, channels=ch, realtime=realtime,
+                               speed=speed, **kw)
 
 
 # ----------------------------------------------------------------------------- the terminal line

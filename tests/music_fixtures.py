@@ -129,17 +129,22 @@ def engrave(spec: PieceSpec, out: Path) -> list[Path]:
     """Page PNGs of a piece (``out/page001.png`` …) and ``out/timing.json`` (performed order)."""
     from PIL import Image
 
-    from scorestream.models.corpus.engrave import rasterize
+    from scorestream.models.corpus.engrave import parse_svg_layout, rasterize
     from scorestream.models.corpus.perform import score_timing
 
     out.mkdir(parents=True, exist_ok=True)
     tk = _toolkit_for(spec)
-    pages = []
+    pages, notes = [], {}
     for p in range(1, tk.getPageCount() + 1):
         f = out / f"page{p:03d}.png"
-        Image.fromarray(rasterize(tk.renderToSVG(p))).save(f)
+        svg = tk.renderToSVG(p)
+        Image.fromarray(rasterize(svg)).save(f)
         pages.append(f)
+        lay = parse_svg_layout(svg)
+        for nid, (k, x0, y0, x1, y1) in lay.notes.items():
+            notes[nid] = [p, k + 1, round((x0 + x1) / 2, 1)]     # page, system (1-based), notehead centre x
     (out / "timing.json").write_text(json.dumps(score_timing(tk).to_json()))
+    (out / "notes.json").write_text(json.dumps(notes))
     return pages
 
 
@@ -147,7 +152,7 @@ def timing_of(spec: PieceSpec, work: Path):
     from scorestream.models.corpus.perform import ScoreTiming
 
     f = work / spec.id / "timing.json"
-    if not f.is_file():
+    if not f.is_file() or not (work / spec.id / "notes.json").is_file():
         engrave(spec, work / spec.id)
     return ScoreTiming.from_json(json.loads(f.read_text()))
 
@@ -198,13 +203,23 @@ def skip_events(timing, start: int, end: int):
 
 
 def perform_audio(timing, *, soundfont: Path = SOUNDFONT_TEST, tempo: float = 1.0, seed: int = 0,
-                  rubato: float = 0.0) -> np.ndarray:
-    """Mono float32 audio at 22050 Hz."""
+                  rubato: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Mono float32 audio at 22050 Hz and the performance time of every onset event."""
     from scorestream.models.corpus.perform import PerformanceStyle, perform
 
     style = replace(PerformanceStyle.plain(soundfont.stem, seed=seed), tempo=tempo, rubato=rubato)
-    audio, _ = perform(timing, style, soundfont)
-    return audio
+    audio, onsets = perform(timing, style, soundfont)
+    return audio, np.asarray(onsets, float)
+
+
+def truth_of(timing, onsets: np.ndarray, notes: dict) -> list[list]:
+    """``[[seconds, page, system, x], …]``: where each onset event is printed."""
+    out = []
+    for t, ids in zip(onsets, timing.event_ids):
+        hit = next((notes[i] for i in ids if i in notes), None)
+        if hit is not None:
+            out.append([round(float(t), 3), *hit])
+    return out
 
 
 def write_wav(path: Path, audio: np.ndarray, sr: int = SR) -> Path:
@@ -293,10 +308,102 @@ def performance(piece_id: str, *, lib: Path, tempo: float = 1.0, skip_repeat: in
             raise RuntimeError(f"{piece_id} has no repeat to skip")
         a, b = reps[skip_repeat % len(reps)]
         timing = skip_events(timing, a, b)
-    audio = perform_audio(timing, soundfont=soundfont, tempo=tempo, seed=seed)
+    audio, onsets = perform_audio(timing, soundfont=soundfont, tempo=tempo, seed=seed)
     if seconds is not None:
         audio = audio[: int(seconds * SR)]
+    notes = json.loads((pages_dir(lib) / spec.id / "notes.json").read_text())
+    truth = [e for e in truth_of(timing, onsets, notes) if seconds is None or e[0] < seconds]
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.with_suffix(".truth.json").write_text(json.dumps({"piece": piece_id, "seconds": round(len(audio) / SR, 3),
+                                                         "events": truth}))
     return write_wav(f, audio)
+
+
+def truth(wav: Path) -> dict:
+    """The truth file written next to a :func:`performance` WAV."""
+    return json.loads(Path(wav).with_suffix(".truth.json").read_text())
+
+
+# ----------------------------------------------------------------------------- the demo
+
+def demo_audio(lib: Path, out: Path, *, first: str, second: str, speech_s: float = 10.0,
+               skip_repeat: int = 1, seconds_second: float | None = 40.0) -> tuple[Path, Path]:
+    """``first`` with its repeats but one skipped, ``speech_s`` of speech, then ``second``:
+    ``out/demo.wav`` and ``out/demo.truth.json`` (segments and where every onset is printed)."""
+    a = performance(first, lib=lib, skip_repeat=skip_repeat)
+    b = performance(second, lib=lib, seconds=seconds_second)
+    import soundfile as sf
+
+    xa, _ = sf.read(str(a), dtype="float32")
+    xb, _ = sf.read(str(b), dtype="float32")
+    sp = speech(speech_s)
+    gap = np.zeros(int(0.5 * SR), np.float32)
+    parts, segs, t = [xa, gap, sp, gap, xb], [], 0.0
+    ta, tb = truth(a), truth(b)
+    reps = repeats(timing_of(spec_of(first), pages_dir(lib)))
+    for x, kind, tr in zip(parts, ("piece", "gap", "speech", "gap", "piece"), (ta, None, None, None, tb)):
+        d = len(x) / SR
+        if kind != "gap":
+            segs.append({"kind": kind, "start": round(t, 3), "end": round(t + d, 3),
+                         "piece": tr["piece"] if tr else None,
+                         "events": [[round(e[0] + t, 3), *e[1:]] for e in tr["events"]] if tr else []})
+        t += d
+    out.mkdir(parents=True, exist_ok=True)
+    wav = write_wav(out / "demo.wav", np.concatenate(parts))
+    tf = out / "demo.truth.json"
+    tf.write_text(json.dumps({"segments": segs, "seconds": round(t, 3), "repeats_in_first": len(reps),
+                              "skipped_repeat": skip_repeat}))
+    return wav, tf
+
+
+def report(truth_file: Path, jsonl: Path, *, lead_s: float = 0.0) -> dict:
+    """Time to identify each piece, % of positions right (page and system of the printed onset
+    just played), and how the speech was labelled, from a stream's JSONL."""
+    tr = json.loads(Path(truth_file).read_text())
+    res = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
+    out = {"segments": []}
+    for seg in tr["segments"]:
+        rs = [r for r in res if seg["start"] <= r["t"] < seg["end"]]
+        d = {"kind": seg["kind"], "piece": seg["piece"], "start": seg["start"], "end": seg["end"], "results": len(rs)}
+        if seg["kind"] == "speech":
+            settled = [r for r in rs if r["t"] >= seg["start"] + 4.0]     # the tracker may hold on a few seconds
+            d["not_tracking_pct"] = round(100 * sum(r["state"] != "tracking" for r in settled) / max(1, len(settled)), 1)
+            d["states"] = {s: sum(r["state"] == s for r in rs) for s in ("unknown", "searching", "tracking")}
+        else:
+            ev = seg["events"]
+            times = np.asarray([e[0] for e in ev])
+            hit = next((r for r in rs if r["state"] == "tracking" and r["piece"] == seg["piece"]), None)
+            d["time_to_identify_s"] = round(hit["t"] - seg["start"], 2) if hit else None
+            after = [r for r in rs if hit is not None and r["t"] >= hit["t"]]
+            ok = 0
+            for r in after:
+                i = int(np.searchsorted(times, r["t"] - lead_s, side="right")) - 1
+                if i < 0:
+                    continue
+                _, page, system, _x = ev[i]
+                ok += r["state"] == "tracking" and r["piece"] == seg["piece"] and r["page"] == page and r["system"] == system
+            d["positions_right_pct"] = round(100 * ok / max(1, len(after)), 1) if after else 0.0
+            d["wrong_piece_results"] = sum(r["state"] == "tracking" and r["piece"] != seg["piece"] for r in rs)
+        out["segments"].append(d)
+    out["events"] = [e for r in res for e in r.get("events", [])]
+    return out
+
+
+def format_report(rep: dict) -> str:
+    lines = []
+    for d in rep["segments"]:
+        span = f"{d['start']:6.1f}–{d['end']:6.1f} s"
+        if d["kind"] == "speech":
+            lines.append(f"  {span}  speech: not tracking {d['not_tracking_pct']} % of the time (after 4 s); states {d['states']}")
+        else:
+            tti = "never identified" if d["time_to_identify_s"] is None else f"identified after {d['time_to_identify_s']} s"
+            lines.append(f"  {span}  {d['piece']}: {tti}; positions right (page + system) {d['positions_right_pct']} %"
+                         + (f"; {d['wrong_piece_results']} results named another piece" if d["wrong_piece_results"] else ""))
+    kinds = {}
+    for e in rep["events"]:
+        kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+    lines.append("  events: " + (", ".join(f"{k} x{v}" for k, v in sorted(kinds.items())) or "none"))
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -317,6 +424,16 @@ def main(argv=None) -> int:
     c = sub.add_parser("speech")
     c.add_argument("--out", required=True)
     c.add_argument("--seconds", type=float, default=10.0)
+    d = sub.add_parser("demo-audio")
+    d.add_argument("--set", choices=sorted(SETS), default="demo")
+    d.add_argument("--root", default=None)
+    d.add_argument("--out", required=True)
+    d.add_argument("--first", default="joplin-maple-leaf")
+    d.add_argument("--second", default="mozart-k545-1")
+    e = sub.add_parser("report")
+    e.add_argument("--truth", required=True)
+    e.add_argument("--jsonl", required=True)
+    e.add_argument("--json", default=None)
     r = sub.add_parser("repeats")
     r.add_argument("piece")
     r.add_argument("--set", choices=sorted(SETS), default="test")
@@ -325,10 +442,19 @@ def main(argv=None) -> int:
     if a_.cmd == "speech":
         write_wav(Path(a_.out), speech(a_.seconds))
         return 0
+    if a_.cmd == "report":
+        rep = report(Path(a_.truth), Path(a_.jsonl))
+        if a_.json:
+            Path(a_.json).write_text(json.dumps(rep, indent=1))
+        print(format_report(rep))
+        return 0
     lib = build_library(SETS[a_.set], root=Path(a_.root) if a_.root else None, log=lambda s: print(s, file=sys.stderr),
                         model=getattr(a_, "model", None))
     if a_.cmd == "library":
         print(lib)
+    elif a_.cmd == "demo-audio":
+        wav, tf = demo_audio(lib, Path(a_.out), first=a_.first, second=a_.second)
+        print(wav)
     elif a_.cmd == "repeats":
         t = timing_of(spec_of(a_.piece), pages_dir(lib))
         print(json.dumps([(a, b, round(float(t.event_times[a]), 2), round(float(t.event_times[min(b, len(t.event_times) - 1)]), 2))

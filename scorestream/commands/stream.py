@@ -64,6 +64,8 @@ def _stream(a: argparse.Namespace) -> int:
 
     from scorestream.clients.client import Microphone, ServerError, file_info, stream_chunks, stream_file
 
+    if a.speed is not None and not a.speed > 0:
+        raise InputError(f"--speed must be > 0, got {a.speed}")
     if bool(a.file) == bool(a.mic):
         raise InputError("give an audio FILE or --mic (not both)")
     if a.mode == "follow" and not a.piece:
@@ -81,7 +83,7 @@ def _stream(a: argparse.Namespace) -> int:
             if not Path(a.file).is_file():
                 raise FileNotFoundError(2, "No such file", a.file)
             file_info(a.file)
-            summary = asyncio.run(stream_file(a.file, url, realtime=a.realtime, chunk_s=a.chunk_ms / 1000, **kw))
+            summary = asyncio.run(stream_file(a.file, url, realtime=a.realtime, speed=a.speed, chunk_s=a.chunk_ms / 1000, **kw))
         else:
             mic = Microphone(sample_rate=a.rate, channels=1, chunk_s=a.chunk_ms / 1000)
             try:
@@ -118,6 +120,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mic", action="store_true", help="stream the default microphone (needs the 'mic' extra: pyaudio)")
     p.add_argument("--server", default="ws://127.0.0.1:8765/ws", help="websocket URL (default ws://127.0.0.1:8765/ws)")
     p.add_argument("--realtime", action="store_true", help="send a file at real-time pace (default: as fast as possible)")
+    p.add_argument("--speed", type=float, default=None, metavar="X",
+                   help="send a file at X times real time (e.g. 2); --realtime is --speed 1")
     p.add_argument("--jsonl", metavar="OUT", help="write every result object as one JSON line")
     p.add_argument("--mode", choices=("identify", "follow"), default="identify",
                    help="identify: search the library (default); follow: the piece is known (--piece)")
