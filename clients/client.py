@@ -34,6 +34,10 @@ class ServerError(Exception):
         self.message = message
 
 
+class StreamEnded(Exception):
+    """The server ended the stream (``bye`` received, e.g. it is shutting down) while we were sending."""
+
+
 @dataclass
 class Summary:
     """What a stream produced."""
@@ -59,11 +63,11 @@ class Client:
 
     def __init__(self, url: str, *, sample_rate: float, channels: int = 1, format: str = "float32",
                  mode: str = "identify", piece: str | None = None, encoding: str = "json", stream: str | None = None,
-                 token: str | None = None, on_message: Callable[[dict], None] | None = None,
+                 live: bool | None = None, token: str | None = None, on_message: Callable[[dict], None] | None = None,
                  open_timeout: float = 30.0, max_size: int | None = 16 << 20) -> None:
         self.url = url
         self.hello = hello_message(sample_rate=sample_rate, channels=channels, format=format, mode=mode, piece=piece,
-                                   encoding=encoding, stream=stream)
+                                   encoding=encoding, stream=stream, realtime=live)
         self.dtype = np.dtype("<f4") if format == "float32" else np.dtype("<i2")
         self.channels = channels
         self.sample_rate = float(sample_rate)
@@ -144,11 +148,24 @@ class Client:
         x = np.asarray(pcm)
         if self.dtype.kind == "i" and x.dtype.kind == "f":
             x = np.clip(np.rint(x * 32768.0), -32768, 32767)
+        from websockets.exceptions import ConnectionClosed
+
         x = np.ascontiguousarray(x, dtype=self.dtype)
         self._raise_if_error()
+        if self.summary.bye is not None:
+            raise StreamEnded(self.summary.bye.get("reason", "bye"))
         if self._reader is not None and self._reader.done():
             raise ServerError("closed", f"connection closed by the server ({self.summary.close_code} {self.summary.close_reason})")
-        await self._ws.send(x.tobytes())
+        try:
+            await self._ws.send(x.tobytes())
+        except ConnectionClosed:
+            if self._reader is not None:
+                await self._reader
+            self._raise_if_error()
+            if self.summary.bye is not None:
+                raise StreamEnded(self.summary.bye.get("reason", "bye")) from None
+            raise ServerError("closed", f"connection closed by the server ({self.summary.close_code} "
+                                        f"{self.summary.close_reason})") from None
         self._frames_sent += x.size // self.channels
         self.summary.sent_seconds = self._frames_sent / self.sample_rate
         self.summary.send_times.append((self.summary.sent_seconds, time.monotonic()))
@@ -265,21 +282,29 @@ async def stream_chunks(url: str, chunks: Iterable[np.ndarray] | AsyncIterator[n
                         channels: int = 1, realtime: bool = False, speed: float | None = None, format: str = "float32",
                         **kw) -> Summary:
     """Stream chunks (interleaved PCM) as one stream; with ``realtime`` paced by the wall clock
-    (``speed``: that many seconds of audio per second; ``realtime`` is speed 1)."""
+    (``speed``: that many seconds of audio per second; ``realtime`` is speed 1). ``live=True``
+    for a source that is live by itself (a microphone)."""
     if realtime and speed is None:
         speed = 1.0
     if speed is not None and not speed > 0:
         raise ValueError(f"speed must be > 0, got {speed}")
+    # tell the server what kind of source this is: paced at real time (or slower) is live, the rest a file
+    kw.setdefault("live", bool(speed is not None and speed <= 1.0))
     client = Client(url, sample_rate=sample_rate, channels=channels, format=format, **kw)
     await client.connect()
     try:
         t0 = time.monotonic()
-        async for c in _aiter(chunks):
-            await client.send(c)
-            if speed is not None:
-                wait = t0 + client.summary.sent_seconds / speed - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+        try:
+            async for c in _aiter(chunks):
+                await client.send(c)
+                if speed is not None:
+                    wait = t0 + client.summary.sent_seconds / speed - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                        continue
+                await asyncio.sleep(0)     # a send into a free socket buffer never yields: let other streams run
+        except StreamEnded:
+            pass                  # the server ended the stream (shutdown): its final result is in the summary
         return await client.finish()
     except BaseException:
         await client.close()

@@ -42,7 +42,7 @@ MAX_SAMPLE_RATE = 192000
 MAX_CHANNELS = 8
 STREAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PIECE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_HELLO_KEYS = {"type", "version", "sample_rate", "channels", "format", "mode", "piece", "encoding", "stream"}
+_HELLO_KEYS = {"type", "version", "sample_rate", "channels", "format", "mode", "piece", "encoding", "stream", "realtime"}
 
 # error codes (docs/protocol.md lists them with their meaning)
 BAD_JSON = "bad_json"                 # a text frame that is not a JSON object
@@ -101,6 +101,7 @@ class Hello:
     encoding: str                  # "json" | "msgpack"
     stream: str | None             # the client's stream name (MQTT topics), None: the server names it
     version: int = PROTOCOL_VERSION
+    realtime: bool | None = None   # True: a live source (drop windows when behind); False: a file (backpressure); None: auto
 
     @property
     def dtype(self) -> np.dtype:
@@ -242,11 +243,15 @@ def parse_hello(d: dict) -> Hello:
     if stream is not None and (not isinstance(stream, str) or not STREAM_NAME_RE.match(stream)):
         raise ProtocolError(BAD_HELLO, f"hello 'stream' must be 1-64 letters, digits, '.', '_' or '-' (starting with a letter "
                                        f"or digit), got {stream!r}")
-    return Hello(float(rate), int(channels), fmt, mode, piece, enc, stream, int(version))
+    realtime = d.get("realtime")
+    if realtime is not None and not isinstance(realtime, bool):
+        raise ProtocolError(BAD_HELLO, f"hello 'realtime' must be true, false or absent, got {realtime!r}")
+    return Hello(float(rate), int(channels), fmt, mode, piece, enc, stream, int(version), realtime)
 
 
 def hello_message(*, sample_rate: float, channels: int = 1, format: str = "int16", mode: str = "identify",
-                  piece: str | None = None, encoding: str = "json", stream: str | None = None) -> dict:
+                  piece: str | None = None, encoding: str = "json", stream: str | None = None,
+                  realtime: bool | None = None) -> dict:
     """Client side: the hello object (validated the way the server will)."""
     d = {"type": "hello", "version": PROTOCOL_VERSION, "sample_rate": sample_rate, "channels": channels, "format": format,
          "mode": mode, "encoding": encoding}
@@ -254,6 +259,8 @@ def hello_message(*, sample_rate: float, channels: int = 1, format: str = "int16
         d["piece"] = piece
     if stream is not None:
         d["stream"] = stream
+    if realtime is not None:
+        d["realtime"] = realtime
     parse_hello(d)
     return d
 
@@ -291,6 +298,7 @@ class ServerProtocol:
         self.results_sent = 0
         self.results_coalesced = 0
         self.error: tuple[str, str] | None = None   # the error sent, if any
+        self._busy = False        # a message is being processed: the client is not idle
         self._co = _Coalescer(1.0 / limits.results_per_second)
         # token bucket for the byte rate: capacity 2 s worth
         self._tokens = float(limits.max_bytes_per_second or 0) * 2.0
@@ -318,17 +326,24 @@ class ServerProtocol:
         ts = []
         if self.state == AWAIT_HELLO and self.limits.hello_timeout_s is not None:
             ts.append(self.connected_at + self.limits.hello_timeout_s)
-        if self.state in (STARTING, STREAMING) and self.limits.idle_timeout_s is not None:
+        if self.state in (STARTING, STREAMING) and self.limits.idle_timeout_s is not None and not self._busy:
             ts.append(self.last_message + self.limits.idle_timeout_s)
         if self._co.pending is not None and self.state != CLOSED:
             ts.append(self._co.last_sent + self._co.interval)
         return min(ts) if ts else None
+
+    def reading(self, now: float) -> None:
+        """The adapter is ready to read again (it had stopped while it processed a message or waited
+        for the batcher): idle time counts from here, so backpressure is never taken for silence."""
+        self._busy = False
+        self.last_message = max(self.last_message, now)
 
     # ---- input from the client
     def on_text(self, text: str, now: float) -> list[Action]:
         if self.state == CLOSED:
             return []
         self.last_message = now
+        self._busy = True
         self.messages_in += 1
         if len(text) > self.limits.max_text_bytes:
             return self.fail(BAD_MESSAGE, f"text message of {len(text)} characters; control messages are at most "
@@ -366,6 +381,7 @@ class ServerProtocol:
         if self.state == CLOSED:
             return []
         self.last_message = now
+        self._busy = True
         self.messages_in += 1
         if self.state == AWAIT_HELLO:
             return self.fail(NO_HELLO, "binary PCM before the hello; send {\"type\": \"hello\", \"sample_rate\": …} first")
@@ -402,7 +418,7 @@ class ServerProtocol:
         if self.state == AWAIT_HELLO and self.limits.hello_timeout_s is not None \
                 and now >= self.connected_at + self.limits.hello_timeout_s:
             return self.fail(HELLO_TIMEOUT, f"no hello within {self.limits.hello_timeout_s:g} s of connecting")
-        if self.state in (STARTING, STREAMING) and self.limits.idle_timeout_s is not None \
+        if self.state in (STARTING, STREAMING) and self.limits.idle_timeout_s is not None and not self._busy \
                 and now >= self.last_message + self.limits.idle_timeout_s:
             return self.fail(IDLE_TIMEOUT, f"nothing received for {self.limits.idle_timeout_s:g} s; send PCM continuously "
                                            "and 'bye' at the end")

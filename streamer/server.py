@@ -79,19 +79,36 @@ class ServerConfig:
 _END = object()
 
 
+def _libc_malloc_trim():
+    try:
+        import ctypes
+
+        f = ctypes.CDLL("libc.so.6").malloc_trim
+        f.argtypes = [ctypes.c_size_t]
+        return f
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _libc_malloc_trim()
+
+
 class _Stream:
     """The engine side of one stream: front end, batcher queue, tracker, consumer task."""
 
     def __init__(self, name: str, hello: P.Hello, fe: StreamFrontEnd, tracker, bs: BatchStream, now: float) -> None:
         self.name, self.hello, self.fe, self.tracker, self.bs = name, hello, fe, tracker, bs
         self.t_start = now
-        self.order: asyncio.Queue = asyncio.Queue(maxsize=4 * bs.max_queued + 64)
+        # windows between the front end and the tracker (each holds its spectrogram, ~31 kB): bounded,
+        # so a stream whose results are not read stops being read itself
+        self.order: asyncio.Queue = asyncio.Queue(maxsize=2 * bs.max_queued + 8)
         self.consumer: asyncio.Task | None = None
         self.windows = 0
         self.results = 0
         self.dropped = 0
         self.last: dict | None = None
         self.piece_key: tuple | None = None
+        self.file = hello.realtime is False      # faster than real time: backpressure instead of dropping
 
 
 class _Session:
@@ -137,6 +154,7 @@ class _Session:
                     actions = self.proto.shutdown()
                     stop_wait = asyncio.create_task(asyncio.Event().wait())   # fire once
                 await self._do(actions)
+                self.proto.reading(self.loop.time())
                 self.kick.set()
         except ConnectionClosed:
             pass
@@ -248,7 +266,9 @@ class _Session:
         m = self.server.metrics
         m.bytes_total.inc(pcm.nbytes)
         m.audio_seconds_total.inc(pcm.size / s.hello.channels / s.hello.sample_rate)
-        await self._submit(s, windows, arrival, live=s.fe.t - (arrival - s.t_start) <= self.server.config.realtime_slack_s)
+        if s.hello.realtime is None and not s.file and s.fe.t - (arrival - s.t_start) > self.server.config.realtime_slack_s:
+            s.file = True        # ahead of the wall clock: not a live source; stays so for the rest of the stream
+        await self._submit(s, windows, arrival, live=not s.file)
 
     async def _submit(self, s: _Stream, windows: list[AudioWindow], arrival: float, *, live: bool) -> None:
         if not windows:
@@ -341,6 +361,7 @@ class _Session:
         srv = self.server
         srv.streams.pop(s.name, None)
         srv.metrics.streams.set(len(srv.streams))
+        srv.trim_memory()
         srv.publish_piece(s, {"state": "ended", "piece": s.last.get("piece") if s.last else None,
                               "title": s.last.get("title") if s.last else None, "t": round(s.fe.t, 3)}, final=True)
 
@@ -380,6 +401,7 @@ class ScoreServer:
         self._shutdown_task: asyncio.Task | None = None
         self._done = asyncio.Event()
         self.shutting_down = False
+        self._trim_handle: asyncio.TimerHandle | None = None
 
     # ---- information
     @property
@@ -403,6 +425,20 @@ class ScoreServer:
         return {"status": "shutting_down" if self.shutting_down else "ok", "version": __version__,
                 "streams": len(self.streams), "model": self.model_name,
                 "mqtt": None if self.mqtt is None else ("connected" if self.mqtt.connected else "reconnecting")}
+
+    def trim_memory(self) -> None:
+        """Give freed heap back to the OS (glibc keeps it otherwise) a few seconds after streams end,
+        so the resident size follows the open streams (onnxruntime's arena keeps what the largest
+        batch needed: that is bounded by max_batch x workers)."""
+        if _malloc_trim is None or self._trim_handle is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def trim() -> None:
+            self._trim_handle = None
+            loop.run_in_executor(None, _malloc_trim, 0)
+
+        self._trim_handle = loop.call_later(5.0, trim)
 
     # ---- MQTT hooks
     def publish(self, s: _Stream, msg: dict) -> None:
@@ -473,7 +509,7 @@ class ScoreServer:
         if not ws_log.isEnabledFor(logging.DEBUG):
             ws_log.setLevel(logging.WARNING)       # "connection open/closed" for every client is noise
         self._ws = await serve(self._handler, self.config.host, self.config.port, process_request=self._process_request,
-                               max_size=lim.max_message_bytes, max_queue=16, open_timeout=self.config.handshake_timeout_s,
+                               max_size=lim.max_message_bytes, max_queue=4, open_timeout=self.config.handshake_timeout_s,
                                ping_interval=20, ping_timeout=20, close_timeout=5, logger=ws_log,
                                server_header=f"scorestream/{__version__}")
         self.log.info("scorestream serving on http://%s:%d (websocket %s)", self.config.host, self.port, self.url)
@@ -491,6 +527,8 @@ class ScoreServer:
 
     async def _shutdown(self) -> None:
         self.shutting_down = True
+        if self._trim_handle is not None:
+            self._trim_handle.cancel()
         self.log.info("shutting down: %d stream(s) finishing", len(self.streams))
         if self._ws is not None:
             self._ws.close(close_connections=False)

@@ -87,7 +87,7 @@ def _stream(a: argparse.Namespace) -> int:
         else:
             mic = Microphone(sample_rate=a.rate, channels=1, chunk_s=a.chunk_ms / 1000)
             try:
-                summary = asyncio.run(stream_chunks(url, mic.chunks(), sample_rate=a.rate, channels=1, realtime=False, **kw))
+                summary = asyncio.run(stream_chunks(url, mic.chunks(), sample_rate=a.rate, channels=1, live=True, **kw))
             except KeyboardInterrupt:
                 return 0
     except ServerError as exc:
