@@ -101,7 +101,7 @@
       S.closed = false;
       sock.onopen = () => {
         sock.send(JSON.stringify({ type: "hello", version: 1, sample_rate: sampleRate, channels: 1, format: "float32",
-                                 mode: "identify", encoding: "json" }));
+                                 mode: "identify", encoding: "json", realtime: true }));
       };
       sock.onmessage = (m) => {
         if (sock !== ws) return;
