@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from scorestream.models.conditions.registry import CONDITIONS, folder_of  # noqa: E402
+from scorestream.models.embedder import load_embedder  # noqa: E402
 from scorestream.models.evaluate import condition_markdown, default_models, evaluate_condition  # noqa: E402
 
 ORDER = ("paper", "hard", "realistic", "realistic_hard", "vienna", "vienna_realistic", "realistic_valid",
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fill", type=int, default=10000, help="Vienna pools are also topped up to this many candidates")
     ap.add_argument("--model", action="append", default=None, help="as for scorestream eval retrieval (default: shipped + ensemble)")
     ap.add_argument("--no-speed", action="store_true", help="skip the strip px/s measurement")
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads per session (default 1: a shared machine)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "retrieval_conditions.json"))
     a = ap.parse_args(argv)
     models = a.model or default_models()
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         t1 = time.time()
         res = evaluate_condition(models, name, corpus=a.corpus, candidates=a.candidates, root=a.conditions_root,
-                                 fill_candidates=a.fill if name in FILL else 0)
+                                 fill_candidates=a.fill if name in FILL else 0,
+                                 embedder_factory=lambda n: load_embedder(n, intra_op_threads=a.threads))
         timings[name] = round(time.time() - t1, 1)
         results[name] = res
         print(condition_markdown(res), "\n", flush=True)

@@ -6,9 +6,11 @@ A real ``scorestream serve`` process on the test library (tests/music_fixtures.p
 scores engraved and synthesized here), loaded by real-time clients in this process: 44.1 kHz
 mono int16 in 100 ms messages, each stream a synthesized performance.
 
-* latency: 1 stream; for every result, the wall time from sending the 100 ms message that holds
-  the result's last audio sample (``Result.t``) to receiving the result; p50/p99 (client side,
-  so it includes the websocket, the front end, the batcher's wait, the model and the tracker);
+* latency: 1 stream; for every result, the wall time from sending the 100 ms message that
+  completed the result's window (found by running the server's front end on the same messages
+  here) to receiving the result; p50/p99 (client side, so it includes the websocket, the front
+  end, the batcher's wait, the model and the tracker; not the 100 ms of buffering in the message
+  itself; the end-of-stream flush is left out);
 * capacity: N simultaneous real-time streams for ``--seconds`` each; a level passes when the
   p99 latency is <= 250 ms and no window was dropped; reported: the largest N that passes, for
   the default model (the library's ensemble) and for ``bl1_2s`` alone (a library built with it);
@@ -57,6 +59,18 @@ def _load_audio(paths: list[Path]) -> list[np.ndarray]:
     return out
 
 
+def _completing_chunk(chunks: list[bytes], audio_frames: int, stride_frames: int) -> dict[int, int]:
+    """Window index -> index of the message that completes it (the server's front end, run here)."""
+    from scorestream.streamer.frontend import StreamFrontEnd
+
+    fe = StreamFrontEnd(RATE, 1, audio_frames=audio_frames, stride_frames=stride_frames)
+    out = {}
+    for i, c in enumerate(chunks):
+        for w in fe.process(np.frombuffer(c, "<i2")):
+            out[w.index] = i
+    return out
+
+
 async def _one_stream(url: str, audio: np.ndarray, seconds: float, offset: int, start_at: float, lat: list, info: dict) -> None:
     from websockets.asyncio.client import connect
 
@@ -64,11 +78,13 @@ async def _one_stream(url: str, audio: np.ndarray, seconds: float, offset: int, 
     total = int(seconds / CHUNK_S)
     chunks = [np.take(audio, np.arange(offset + i * n, offset + (i + 1) * n), mode="wrap").tobytes() for i in range(total)]
     send_t: list[float] = []
+    done_by: dict[int, int] = {}
     async with connect(url, open_timeout=120, max_size=None, ping_interval=None) as ws:
         await ws.send(json.dumps({"type": "hello", "version": 1, "sample_rate": RATE, "channels": 1, "format": "int16",
                                   "mode": "identify", "encoding": "json"}))
         ready = json.loads(await ws.recv())
         info.setdefault("ready", ready)
+        done_by.update(_completing_chunk(chunks, int(round(ready["window_s"] * 20)), int(round(ready["hop_s"] * 20))))
 
         async def reader():
             async for m in ws:
@@ -76,8 +92,8 @@ async def _one_stream(url: str, audio: np.ndarray, seconds: float, offset: int, 
                 d = json.loads(m)
                 if d.get("type") == "result" and not d.get("final"):
                     r = d["result"]
-                    k = max(0, math.ceil(r["t"] / CHUNK_S - 1e-6) - 1)     # the message holding sample t
-                    if k < len(send_t):
+                    k = done_by.get(r["window"])        # the message that completed the result's window
+                    if k is not None and k < len(send_t):   # (not the end-of-stream flush)
                         lat.append(now - send_t[k])
                     info["dropped"] = max(info.get("dropped", 0), r.get("dropped_windows", 0))
                 elif d.get("type") == "bye":

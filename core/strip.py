@@ -33,12 +33,20 @@ class Segment:
     scale: float  # strip px per page px
     strip_x0: int
     width: int
+    # a skewed system (scans): its centre line is y = src_y_centre + (x - x_ref) * tan on the page
+    tan: float = 0.0
+    x_ref: float = 0.0
+
+    def centre_y(self, x: float) -> float:
+        """Page y of the system's centre line at page column x."""
+        return self.src_y_centre + (x - self.x_ref) * self.tan
 
     def page_to_strip(self, x: float, y: float) -> tuple[float, float]:
-        return self.strip_x0 + (x - self.src_x0) * self.scale, STRIP_HEIGHT / 2 + (y - self.src_y_centre) * self.scale
+        return self.strip_x0 + (x - self.src_x0) * self.scale, STRIP_HEIGHT / 2 + (y - self.centre_y(x)) * self.scale
 
     def strip_to_page(self, sx: float, sy: float = STRIP_HEIGHT / 2) -> tuple[float, float]:
-        return self.src_x0 + (sx - self.strip_x0) / self.scale, self.src_y_centre + (sy - STRIP_HEIGHT / 2) / self.scale
+        x = self.src_x0 + (sx - self.strip_x0) / self.scale
+        return x, self.centre_y(x) + (sy - STRIP_HEIGHT / 2) / self.scale
 
 
 @dataclass
@@ -82,24 +90,68 @@ def segment_index(segments: list[Segment], strip_x: float) -> int:
     return int(np.clip(np.searchsorted(starts, strip_x, side="right") - 1, 0, len(segments) - 1))
 
 
-def unroll(pages: list[np.ndarray], systems: list[list[tuple[float, float, float, float, float]]], staff_space: float = STAFF_SPACE) -> Strip:
-    """Cut every system (x0, y0, x1, y1, staff space; page pixels) and concatenate.
+# below this slope a system is cut axis-aligned (engraved pages: exactly the corpus's crops)
+MIN_SHEAR_TAN = 1e-3
+
+
+def _sheared_column(img: np.ndarray, cx0: float, cx1: float, yc: float, x_ref: float, tan: float, scale: float) -> np.ndarray:
+    """STRIP_HEIGHT-row strip of a skewed system: the centre line y = yc + (x - x_ref) tan becomes row 100.
+
+    The region is first scaled (antialiased) to the strip resolution, then sheared at unit
+    scale, so a 300 dpi scan is filtered as well as an axis-aligned crop."""
+    h, w = img.shape
+    half = STRIP_HEIGHT / 2 / scale
+    span = abs(tan) * (cx1 - cx0) + 2
+    top = int(np.floor(yc - half - span))
+    bottom = int(np.ceil(yc + half + span))
+    ix0, ix1 = int(cx0), int(np.ceil(cx1))
+    crop = np.full((bottom - top, ix1 - ix0), 255, np.uint8)
+    st, sb = max(top, 0), min(bottom, h)
+    if sb > st:
+        crop[st - top: sb - top] = img[st:sb, ix0:ix1]
+    out_w = max(1, int(round(crop.shape[1] * scale)))
+    out_h = max(1, int(round(crop.shape[0] * scale)))
+    sx, sy = out_w / crop.shape[1], out_h / crop.shape[0]
+    resized = Image.fromarray(crop).resize((out_w, out_h), Image.Resampling.BILINEAR)
+    # output (X, R) -> resized (X, (yc + (x - x_ref) tan - top) sy + R - 100), x = ix0 + X / sx
+    c = (yc + (ix0 - x_ref) * tan - top) * sy - STRIP_HEIGHT / 2
+    d = tan * sy / sx
+    col = resized.transform((out_w, STRIP_HEIGHT), Image.Transform.AFFINE, (1.0, 0.0, 0.0, d, 1.0, c),
+                            resample=Image.Resampling.BILINEAR, fillcolor=255)
+    return np.asarray(col)
+
+
+def unroll(pages: list[np.ndarray], systems: list[list[tuple[float, ...]]], staff_space: float = STAFF_SPACE) -> Strip:
+    """Cut every system (x0, y0, x1, y1, staff space[, tan]; page pixels) and concatenate.
 
     ``systems[p]`` lists page ``p``'s systems top to bottom.  Each crop spans
     the system's staff lines horizontally (plus a little margin) and
     ``STRIP_HEIGHT`` strip pixels vertically around the system's centre line.
+    A sixth value ``tan`` (slope of the staff lines, scans) shears the crop so
+    that the centre line, ``y = (y0 + y1) / 2`` at ``x = (x0 + x1) / 2``, is
+    horizontal in the strip.
     """
     cols = []
     segments = []
     x = 0
     for p, (img, page_systems) in enumerate(zip(pages, systems)):
         h, w = img.shape
-        for k, (x0, y0, x1, y1, ss) in enumerate(page_systems):
+        for k, sysbox in enumerate(page_systems):
+            x0, y0, x1, y1, ss = sysbox[:5]
+            tan = float(sysbox[5]) if len(sysbox) > 5 else 0.0
             scale = staff_space / ss if ss > 0 else 1.0
             yc = (y0 + y1) / 2
             half = STRIP_HEIGHT / 2 / scale
             cx0 = max(0.0, x0 - MARGIN_LEFT_SS * ss)
             cx1 = min(float(w), x1 + MARGIN_RIGHT_SS * ss)
+            if abs(tan) >= MIN_SHEAR_TAN:
+                col = _sheared_column(img, cx0, cx1, yc, (x0 + x1) / 2, tan, scale)
+                out_w = col.shape[1]
+                cols.append(col)
+                segments.append(Segment(p, k, int(cx0), yc, out_w / (int(np.ceil(cx1)) - int(cx0)), x, out_w,
+                                        tan=tan, x_ref=(x0 + x1) / 2))
+                x += out_w
+                continue
             top, bottom = int(np.floor(yc - half)), int(np.ceil(yc + half))
             crop = np.full((bottom - top, int(np.ceil(cx1)) - int(cx0)), 255, np.uint8)
             st, sb = max(top, 0), min(bottom, h)

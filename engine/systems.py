@@ -82,6 +82,8 @@ class SystemDetectionConfig:
     # share of the staff's width where each line must be inked: as a thin line / with any ink
     min_line_coverage: float = 0.15
     min_ink_coverage: float = 0.75
+    # line coverage minus the coverage of the spaces between the lines
+    min_space_contrast: float = 0.3
     gap_bridge_ss: float = 3.0  # breaks of the staff lines bridged (chords, clefs, scan breaks)
     # grouping
     connect_window_ss: float = 3.0  # search for the system barline / brace this far left of the staff
@@ -198,8 +200,9 @@ def _thin_vertical(b, max_len):
 
 
 @njit(cache=True)
-def _long_horizontal(t, min_len):
-    """Pixels of ``t`` in horizontal runs at least ``min_len`` long."""
+def _long_horizontal(t, min_len, max_gap):
+    """Horizontal runs of ``t`` at least ``min_len`` long, gaps up to ``max_gap`` pixels
+    bridged (dotted lines of faint 1-bit scans); the whole run is marked."""
     h, w = t.shape
     out = np.zeros((h, w), np.uint8)
     for i in range(h):
@@ -207,11 +210,16 @@ def _long_horizontal(t, min_len):
         while j < w:
             if t[i, j]:
                 s = j
-                while j < w and t[i, j]:
+                last = j
+                j += 1
+                while j < w and j - last <= max_gap + 1:
+                    if t[i, j]:
+                        last = j
                     j += 1
-                if j - s >= min_len:
-                    for k in range(s, j):
+                if last + 1 - s >= min_len:
+                    for k in range(s, last + 1):
                         out[i, k] = 1
+                j = last + 1
             else:
                 j += 1
     return out
@@ -271,6 +279,7 @@ class _Staff:
     x0: float = 0.0  # working-frame columns
     x1: float = 0.0
     coverage: float = 0.0
+    contrast: float = 1.0
 
     @property
     def top(self) -> float:
@@ -372,7 +381,7 @@ def detect_systems(page: np.ndarray, config: SystemDetectionConfig = SystemDetec
     # ---- 4. line candidates: thin vertical runs, long horizontal runs
     max_thick = int(max(lt_m + 2, math.ceil(1.6 * lt_w)))
     thin = _thin_vertical(b, max_thick)
-    lines_mask = _long_horizontal(thin, max(3, int(round(0.8 * ss_w))))
+    lines_mask = _long_horizontal(thin, max(3, int(round(0.8 * ss_w))), int(round(0.2 * ss_w)))
 
     # ---- 5. page skew from sheared strip projections
     sw = 16 if w >= 320 else 8
@@ -603,7 +612,7 @@ def _refine_staff(c: _Staff, tan0: float, ctx: _Ctx, grey: bool = True) -> _Staf
             m = np.abs(best_ys + 0.5 - yy) <= 0.35 * ss
             wts = best_p[m] - best_p[m].min()
             new_lines.append(float(((best_ys[m] + 0.5) * wts).sum() / wts.sum()) if wts.sum() > 0 else yy)
-        c = _Staff(np.asarray(new_lines), c.strength, best, c.x0, c.x1, c.coverage)
+        c = _Staff(np.asarray(new_lines), c.strength, best, c.x0, c.x1, c.coverage, c.contrast)
     if not grey:
         return c
     # grey-level centroid of each line: sub-pixel heights on anti-aliased renders
@@ -705,6 +714,12 @@ def _find_staves(proj: np.ndarray, tan_rows: np.ndarray, ctx: _Ctx) -> list[_Sta
             continue
         cov_b = np.stack([_line_ink(y, c.tan, ctx, ctx.b)[x0:x1] for y in c.lines]).mean(axis=1)
         if cov_b.min() < cfg.min_ink_coverage:
+            continue
+        # the spaces between the lines are mostly paper (noise, hatching and text are not)
+        mids = 0.5 * (c.lines[1:] + c.lines[:-1])
+        cov_m = np.stack([_line_ink(y, c.tan, ctx, ctx.b)[x0:x1] for y in mids]).mean(axis=1)
+        c.contrast = float(cov_b.mean() - cov_m.mean())
+        if c.contrast < cfg.min_space_contrast:
             continue
         c.x0, c.x1, c.coverage = float(x0), float(x1), float(cov.mean())
         c = _refine_staff(c, c.tan, ctx)
@@ -816,8 +831,10 @@ def _gap_repair(conn: np.ndarray, gaps: np.ndarray) -> np.ndarray:
     systems; an unconnected pair whose gap falls in the within-system range (a broken
     brace or barline on a scan) is then joined."""
     conn = conn.copy()
-    if conn.all() or not conn.any():
+    if conn.all():
         return conn
+    if not conn.any():
+        return _gap_grouping(gaps, conn)
     hi_in = float(gaps[conn].max())
     out = gaps[~conn]
     between = out[out > 1.1 * hi_in + 0.2]
@@ -842,6 +859,31 @@ def _gap_repair(conn: np.ndarray, gaps: np.ndarray) -> np.ndarray:
             trial[i] = True
             if max(sizes(trial)) <= biggest:
                 conn = trial
+    return conn
+
+
+def _gap_grouping(gaps: np.ndarray, conn: np.ndarray) -> np.ndarray:
+    """No staff of the page is joined to another (left edge cut off or faint on a scan):
+    group by gaps alone, but only when they fall clearly into two sizes that make every
+    system the same size (grand staves, voice + piano); otherwise single-staff systems."""
+    if gaps.size < 3:
+        return conn
+    srt = np.sort(gaps)
+    ratios = (srt[1:] + 0.5) / (srt[:-1] + 0.5)
+    k = int(np.argmax(ratios))
+    if ratios[k] < 1.6:
+        return conn
+    small = gaps <= srt[k]
+    sizes, n = [], 1
+    for v in small:
+        if v:
+            n += 1
+        else:
+            sizes.append(n)
+            n = 1
+    sizes.append(n)
+    if len(sizes) >= 2 and len(set(sizes)) == 1 and sizes[0] >= 2:
+        return small
     return conn
 
 

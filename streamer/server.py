@@ -57,7 +57,7 @@ class ServerConfig:
     limits: P.Limits = field(default_factory=P.Limits)
     max_connections: int | None = 1024      # websocket + HTTP connections open at once
     handshake_timeout_s: float | None = 10.0  # TCP connect -> complete HTTP request/handshake
-    max_batch: int = 16                     # windows per embedding batch
+    max_batch: int = 8                      # windows per embedding batch (on CPU larger batches cost more per window)
     batch_delay_s: float = 0.02             # flush a partial batch this long after its oldest window
     workers: int = 2                        # embedding threads (onnxruntime sessions run concurrently)
     max_queued_windows: int = 16            # per stream: windows waiting for the batcher (drop beyond, live)
@@ -270,7 +270,7 @@ class _Session:
             s.file = True        # ahead of the wall clock: not a live source; stays so for the rest of the stream
         await self._submit(s, windows, arrival, live=not s.file)
 
-    async def _submit(self, s: _Stream, windows: list[AudioWindow], arrival: float, *, live: bool) -> None:
+    async def _submit(self, s: _Stream, windows: list[AudioWindow], arrival: float | None, *, live: bool) -> None:
         if not windows:
             return
         if live:
@@ -311,7 +311,8 @@ class _Session:
             s.results += 1
             now = self.loop.time()
             m.results_total.inc()
-            m.latency.observe(now - arrival)
+            if arrival is not None:          # None: the end-of-stream flush (not a live latency)
+                m.latency.observe(now - arrival)
             s.last = res.to_json()
             self._piece_state(s, s.last)
             await self._do(self.proto.on_result(s.last, now))
@@ -333,7 +334,7 @@ class _Session:
             await self._do(self.proto.on_end(None, {}, self.loop.time()))
             return
         windows = s.fe.flush()
-        await self._submit(s, windows, self.loop.time(), live=False)
+        await self._submit(s, windows, None, live=False)
         await s.order.put(_END)
         if s.consumer is not None:
             await s.consumer
@@ -500,7 +501,20 @@ class ScoreServer:
             self.metrics.connections.dec()
 
     # ---- life cycle
+    def _warm_up(self) -> None:
+        """Run every batch size once (onnxruntime allocates per input shape on first use) and the
+        front end (numba compiles on first call), so the first streams do not pay for it."""
+        spec_bins = int(getattr(getattr(self.engine, "embedder", None), "spec_bins", 92))
+        for b in range(1, self.config.max_batch + 1):
+            self._embed(np.zeros((b, spec_bins, self.audio_frames), np.float32))
+        fe = StreamFrontEnd(44100, 1, audio_frames=self.audio_frames, stride_frames=self.stride_frames)
+        fe.process(np.zeros(44100 * 3, np.int16))
+        fe.flush()
+
     async def start(self) -> "ScoreServer":
+        t0 = time.monotonic()
+        await asyncio.to_thread(self._warm_up)
+        self.log.debug("warmed up in %.1f s", time.monotonic() - t0)
         self.batcher.start()
         if self.mqtt is not None:
             self.mqtt.start()

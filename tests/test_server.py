@@ -235,6 +235,9 @@ def test_mqtt_publisher_survives_broker_restart(mosquitto):
         pub.piece("s1", {"state": "tracking", "piece": "a"})
         for i in range(3):
             pub.position("s1", {"t": i})
+        end = time.monotonic() + 60
+        while pub.published < 4 and time.monotonic() < end:
+            await asyncio.sleep(0.05)
         got = await _collect(mosquitto.port, "scorestream/s1/piece", 1)
         assert got and got[0][1]["piece"] == "a" and got[0][2] is True          # retained
         mosquitto.kill()

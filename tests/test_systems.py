@@ -156,22 +156,22 @@ def degrade(img: np.ndarray, seed: int = 0, angle: float = 0.7):
         for dy in range(2):
             for dx in range(2):
                 a[ys[sel] + dy, xs[sel] + dx] = v
-    a[:, :70] = 120  # grey scanner margins
-    a[-50:, :] = 120
+    bed = np.full((H + 50, width + 70), 120, np.uint8)  # the grey scanner bed around the paper
+    bed[:H, 70:] = a
     t = math.radians(angle)
 
     def rot(p):
         dx, dy = p[:, 0] - cx, p[:, 1] - cy
-        return np.stack([cx + dx * math.cos(t) + dy * math.sin(t), cy - dx * math.sin(t) + dy * math.cos(t)], axis=1)
+        return np.stack([70 + cx + dx * math.cos(t) + dy * math.sin(t), cy - dx * math.sin(t) + dy * math.cos(t)], axis=1)
 
-    return a, rot
+    return bed, rot
 
 
 @pytest.mark.parametrize("score", list(SCORES))
 def test_degraded_scan(pages_300dpi, score):
     img, layout = pages_300dpi[(score, "random")]
     scan, rot = degrade(img, seed=len(score))
-    assert scan.shape[1] == SCAN_WIDTH
+    assert scan.shape[1] == SCAN_WIDTH + 70
     det = detect_systems(scan)
     check(det, truth_of(layout, 1.0, rot), 0.7)
     for d in det:

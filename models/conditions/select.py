@@ -35,12 +35,14 @@ def _score(res: dict, name: str) -> float:
     return float(res["models"][name]["A2S"]["MRR"])
 
 
-def evaluate_prefixes(prefixes: list[str], candidates: int = 10000, conditions=SELECTION) -> dict:
+def evaluate_prefixes(prefixes: list[str], candidates: int = 10000, conditions=SELECTION, threads: int = 1) -> dict:
+    from scorestream.models.embedder import load_embedder
     from scorestream.models.evaluate import evaluate_condition
 
     out = {}
     for cond in conditions:
-        res = evaluate_condition(prefixes, cond, candidates=candidates)
+        res = evaluate_condition(prefixes, cond, candidates=candidates,
+                                 embedder_factory=lambda n: load_embedder(n, intra_op_threads=threads))
         for name, m in res["models"].items():
             out.setdefault(name, {})[cond] = {"A2S": m["A2S"], "S2A": m["S2A"]}
     for name, per in out.items():

@@ -50,8 +50,11 @@ def _condition(a: argparse.Namespace) -> int:
         from .corpus import _corpus_dir
 
         _corpus_dir(a.corpus)
+    from scorestream.models.embedder import load_embedder
+
     res = evaluate_condition(a.model or default_models(), a.condition, corpus=a.corpus, candidates=a.candidates,
-                             root=a.conditions_root, fill_candidates=a.fill_candidates)
+                             root=a.conditions_root, fill_candidates=a.fill_candidates,
+                             embedder_factory=lambda n: load_embedder(n, intra_op_threads=a.threads))
     table = condition_markdown(res)
     print(table)
     if a.json:
@@ -86,6 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --condition: top each pool up to N candidates with test-split distractors "
                         "(needs --corpus; e.g. 10000 for Vienna, whose pools hold ~1,000 pairs)")
     r.add_argument("--conditions-root", default=None, metavar="DIR", help="where built conditions live (default data/conditions)")
+    r.add_argument("--threads", type=int, default=0, metavar="N", help="with --condition: onnxruntime threads (default 0: all cores)")
     r.add_argument("--json", default=None, metavar="FILE", help="write results here")
     r.add_argument("--markdown", default=None, metavar="FILE", help="write a Markdown table here")
     r.set_defaults(func=_retrieval)

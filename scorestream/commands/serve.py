@@ -87,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--origins", action="append", metavar="ORIGIN[,ORIGIN…]",
                    help="browser origins allowed besides the server's own (e.g. https://example.org); '*' allows any")
     p.add_argument("--workers", type=_positive_int, default=2, help="embedding threads (default 2)")
-    p.add_argument("--max-batch", type=_positive_int, default=16, help="windows per embedding batch (default 16)")
+    p.add_argument("--max-batch", type=_positive_int, default=8, help="windows per embedding batch (default 8; larger pays on a GPU)")
     p.add_argument("--max-streams", type=int, default=256, help="simultaneous streams (0: no limit; default 256)")
     p.add_argument("--max-message-bytes", type=_positive_int, default=1 << 20, help="largest websocket message (default 1 MiB)")
     p.add_argument("--max-bytes-per-second", type=float, default=8e6,
