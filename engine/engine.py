@@ -1,0 +1,158 @@
+"""The engine: one score library + one embedder + one snippet index, shared by every stream.
+
+Sans-I/O (docs/engine.md): callers push :class:`~scorestream.streamer.frontend.AudioWindow`
+objects and their embeddings into a :class:`~scorestream.engine.tracker.Tracker` (one per
+stream, from :meth:`Engine.new_tracker`) and get :class:`~scorestream.engine.results.Result`
+objects back.  The engine itself is read-only after construction, so trackers of many streams
+(threads) share it safely; :meth:`Engine.embed` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scorestream.core.config import CONFIG_DIR, from_dict, read_toml
+from scorestream.core.errors import InputError
+
+from .index import SnippetIndex
+from .tracker import Tracker, TrackerConfig
+
+FPS = 20
+BACKGROUND_SAMPLE = 4096      # snippets whose mean likelihood stands for "anywhere in the library"
+
+
+def load_tracker_config(path: str | Path | None = None, **overrides) -> TrackerConfig:
+    """``configs/tracker.toml`` (or ``path``) as a :class:`TrackerConfig`; keyword overrides win."""
+    data = read_toml(path or CONFIG_DIR / "tracker.toml").get("tracker", {})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(TrackerConfig, data, "tracker")
+
+
+@dataclass
+class PieceModel:
+    """One library piece as the tracker sees it: snippet embeddings in strip order and the layout."""
+
+    index: int                      # position in Engine.pieces
+    id: str
+    title: str | None
+    emb: np.ndarray                 # (n, D) float32, unit rows
+    strip_x: np.ndarray             # (n,) snippet centres, strip px (uniform hop)
+    strip_width: int
+    hop_px: float
+    seg_x0: np.ndarray              # (S,) strip x where each system starts (strip order)
+    seg_x1: np.ndarray              # (S,) strip x where it ends
+    systems: list                   # SystemRecord per system (strip order)
+    page_sizes: dict[int, tuple[int, int]]
+    n_pages: int
+    sys_start_states: np.ndarray    # state index of each system's first snippet
+    last_on_page: np.ndarray        # (S,) bool: the last system of its page
+    offset: int = 0                 # first row in the engine's concatenated index
+
+    @property
+    def n(self) -> int:
+        return int(len(self.strip_x))
+
+    def system_at(self, x: float) -> int:
+        """Index (strip order) of the system holding strip x."""
+        return int(np.clip(np.searchsorted(self.seg_x0, x, side="right") - 1, 0, len(self.seg_x0) - 1))
+
+    def locate(self, x: float) -> dict:
+        """Strip x -> page, system (1-based), page x/y, bbox, page size."""
+        j = self.system_at(x)
+        rec = self.systems[j]
+        seg = rec.segment
+        sx = float(np.clip(x, seg.strip_x0, seg.strip_x0 + max(seg.width - 1, 0)))
+        px, py = seg.strip_to_page(sx)
+        w, h = self.page_sizes.get(rec.page, (None, None))
+        return {"sys": j, "page": int(rec.page), "system": int(rec.system), "x": float(px),
+                "y": float(rec.centre_y), "bbox": [float(v) for v in rec.bbox],
+                "page_size": [int(w), int(h)] if w is not None else None}
+
+
+def _piece_model(i: int, ps, hop_px: float) -> PieceModel:
+    emb = np.asarray(ps.emb, np.float32)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-8)
+    systems = list(ps.systems)
+    seg_x0 = np.array([s.segment.strip_x0 for s in systems], np.float64)
+    seg_x1 = np.array([s.segment.strip_x0 + s.segment.width for s in systems], np.float64)
+    xs = np.asarray(ps.strip_x, np.float64)
+    starts = np.unique(np.clip(np.searchsorted(xs, seg_x0, side="left"), 0, max(len(xs) - 1, 0))).astype(np.int64)
+    pages = [s.page for s in systems]
+    last = np.array([k == len(pages) - 1 or pages[k + 1] != pages[k] for k in range(len(pages))], bool)
+    sizes = {p.page: (int(p.width), int(p.height)) for p in ps.pages}
+    return PieceModel(i, ps.info.id, ps.info.title, np.ascontiguousarray(emb), xs, int(ps.info.strip_width), float(hop_px),
+                      seg_x0, seg_x1, systems, sizes, len(ps.pages), starts, last)
+
+
+class Engine:
+    """Library + embedder + index.  ``Engine(Library.open(path))``.
+
+    ``tracker_config``: a :class:`TrackerConfig` (default: configs/tracker.toml).
+    ``embedder``: default the library's own model (checked against the library's weights)."""
+
+    def __init__(self, library, *, embedder=None, tracker_config: TrackerConfig | None = None,
+                 index_kind: str = "auto", logger: logging.Logger | None = None) -> None:
+        self.log = logger or logging.getLogger("scorestream.engine")
+        self.library = library
+        self.embedder = embedder if embedder is not None else library.embedder
+        if embedder is not None and hasattr(library, "check_model"):
+            library.check_model(embedder)
+        self.config = tracker_config or load_tracker_config()
+        self.audio_frames = int(self.embedder.audio_frames)
+        self.stride_frames = max(1, int(round(self.config.stride_s * FPS)))
+        self.stride_s = self.stride_frames / FPS
+        self.window_lead_s = (self.audio_frames // 2) / FPS     # window end - window centre
+        hop = float(getattr(library, "hop_px", 20))
+        snippets = library.load_all()
+        self.pieces: list[PieceModel] = []
+        for ps in snippets:
+            if ps.info.snippets <= 0 or len(ps.emb) == 0:
+                continue
+            self.pieces.append(_piece_model(len(self.pieces), ps, hop))
+        self.by_id = {p.id: p for p in self.pieces}
+        offs, rows, owner = 0, [], []
+        for p in self.pieces:
+            p.offset = offs
+            offs += p.n
+            rows.append(p.emb)
+            owner.append(np.full(p.n, p.index, np.int32))
+        self.size = offs
+        dim = int(getattr(self.embedder, "embed_dim", rows[0].shape[1] if rows else 1))
+        all_emb = np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
+        self.owner = np.concatenate(owner) if owner else np.zeros(0, np.int32)
+        self.index = SnippetIndex(all_emb, kind=index_kind, threads=1)
+        rng = np.random.default_rng(0)
+        pick = rng.choice(self.size, size=min(self.size, BACKGROUND_SAMPLE), replace=False) if self.size else np.zeros(0, int)
+        self.background_emb = np.ascontiguousarray(all_emb[np.sort(pick)])
+        self.piece_sizes = np.array([p.n for p in self.pieces], np.float64)
+        self._embed_lock = threading.Lock()
+        self.log.info("engine: %d pieces, %d snippets, index %s, model %s", len(self.pieces), self.size, self.index.kind,
+                      getattr(self.embedder, "name", "?"))
+
+    # ---- shared services
+    def embed(self, windows) -> np.ndarray:
+        """Embeddings (len(windows), D) of audio windows (thread-safe)."""
+        if len(windows) == 0:
+            return np.zeros((0, int(self.embedder.embed_dim)), np.float32)
+        x = np.stack([w.spec for w in windows]).astype(np.float32, copy=False)
+        return np.asarray(self.embedder.embed_audio(x), np.float32)
+
+    def new_tracker(self, piece: str | None = None, *, config: TrackerConfig | None = None,
+                    logger: logging.Logger | None = None) -> Tracker:
+        """A tracker for one stream; ``piece``: follow this library piece (no identification)."""
+        if piece is not None and piece not in self.by_id:
+            raise InputError(f"piece {piece!r} is not in the library; 'scorestream library list --library "
+                             f"{getattr(self.library, 'path', 'DIR')}' shows the ids")
+        return Tracker(self, piece=piece, config=config or self.config, logger=logger or self.log)
+
+    def page_image(self, piece_id: str, page: int) -> Path:
+        return self.library.page_image(piece_id, page)
+
+    def title(self, piece_id: str) -> str | None:
+        p = self.by_id.get(piece_id)
+        return p.title if p else None
