@@ -103,6 +103,8 @@ class Engine:
         if embedder is not None and hasattr(library, "check_model"):
             library.check_model(embedder)
         self.config = tracker_config or load_tracker_config()
+        self.library_embedder = self.embedder
+        dims = self._choose_audio_model(self.config.audio_model)
         self.audio_frames = int(self.embedder.audio_frames)
         self.stride_frames = max(1, int(round(self.config.stride_s * FPS)))
         self.stride_s = self.stride_frames / FPS
@@ -113,6 +115,8 @@ class Engine:
         for ps in snippets:
             if ps.info.snippets <= 0 or len(ps.emb) == 0:
                 continue
+            if dims is not None:
+                ps.emb = ps.emb[:, dims[0]:dims[1]]
             self.pieces.append(_piece_model(len(self.pieces), ps, hop))
         self.by_id = {p.id: p for p in self.pieces}
         offs, rows, owner = 0, [], []
@@ -133,6 +137,25 @@ class Engine:
         self._embed_lock = threading.Lock()
         self.log.info("engine: %d pieces, %d snippets, index %s, model %s", len(self.pieces), self.size, self.index.kind,
                       getattr(self.embedder, "name", "?"))
+
+    def _choose_audio_model(self, name: str | None) -> tuple[int, int] | None:
+        """Follow with one member of the library's ensemble (its own columns of the library's
+        embeddings, re-normalised): a member with a shorter audio context needs a shorter
+        look-ahead to report the present (bl1_2s: 1.05 s instead of the ensemble's 2.1 s).
+        Returns the column range, or None for the library's model as it is."""
+        emb = self.embedder
+        if not name or name == getattr(emb, "name", None):
+            return None
+        members = getattr(emb, "members", None) or []
+        start = 0
+        for m in members:
+            if m.name == name:
+                self.embedder = m
+                return start, start + int(m.embed_dim)
+            start += int(m.embed_dim)
+        self.log.warning("audio model %s is not part of the library's model %s; using %s", name,
+                         getattr(emb, "name", "?"), getattr(emb, "name", "?"))
+        return None
 
     # ---- shared services
     def embed(self, windows) -> np.ndarray:

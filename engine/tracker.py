@@ -51,6 +51,7 @@ MIN_TEMPO_SPAN_S = 2.0        # ... spanning at least this much audio
 SEARCHING_NATS = 2.0          # a candidate this far above the background: "searching", not "unknown"
 MAX_NEW_CANDIDATES = 2        # new candidates warm-started per window (bounded cost)
 TOP_CANDIDATES = 3            # candidates listed in a result
+START_PRIOR_STATES = 16       # snippets over which the "starts at the beginning" prior is spread
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,11 @@ class TrackerConfig:
     """See configs/tracker.toml for the meaning of each field."""
 
     stride_s: float = 0.2
+    audio_model: str = "bl1_2s"
     knn: int = 32
     candidates: int = 6
     vote_half_life_s: float = 8.0
-    kappa: float = 12.0
+    kappa: float = 5.0
     llr_half_life_s: float = 12.0
     llr_max: float = 40.0
     llr_min: float = -20.0
@@ -75,11 +77,14 @@ class TrackerConfig:
     advance_sd: float = 0.5
     advance_sd_min_states: float = 0.8
     back_p: float = 0.03
-    jump_p: float = 0.002
+    jump_p: float = 0.0005
     jump_to_system_start: float = 0.5
     history_s: float = 6.0
     page_turn_lead_s: float = 2.0
     jump_min_px: float = 300.0
+    start_prior: float = 0.5
+    library_null_weight: float = 1.0
+    evidence_allowance_nats: float = 2.0
     gate: bool = True
 
 
@@ -111,6 +116,16 @@ def transition(alpha: np.ndarray, kernel: np.ndarray, d_min: int, jump_p: float,
     return out
 
 
+def initial_distribution(n: int, start_prior: float) -> np.ndarray:
+    """Where a stream that starts now is in the piece: ``start_prior`` of the mass near the
+    beginning (geometric over the first START_PRIOR_STATES snippets), the rest uniform."""
+    a = np.full(n, (1.0 - start_prior) / n)
+    if start_prior > 0:
+        g = 0.5 ** (np.arange(min(n, START_PRIOR_STATES)) / (START_PRIOR_STATES / 4))
+        a[: len(g)] += start_prior * g / g.sum()
+    return a
+
+
 def theil_sen_slope(t: np.ndarray, x: np.ndarray) -> float:
     """Median of pairwise slopes (robust to a few wrong positions)."""
     i, j = np.triu_indices(len(t), 1)
@@ -126,17 +141,18 @@ def theil_sen_slope(t: np.ndarray, x: np.ndarray) -> float:
 class _Candidate:
     """One piece followed by the forward filter."""
 
-    __slots__ = ("piece", "alpha", "llr", "tempo_px_s", "track", "last_x", "last_t", "jumped")
+    __slots__ = ("piece", "alpha", "llr", "tempo_px_s", "track", "last_x", "last_t", "jumped", "last_inc")
 
-    def __init__(self, piece: "PieceModel", nominal_px_s: float) -> None:
+    def __init__(self, piece: "PieceModel", nominal_px_s: float, start_prior: float = 0.0) -> None:
         self.piece = piece
-        self.alpha = np.full(piece.n, 1.0 / piece.n)
+        self.alpha = initial_distribution(piece.n, start_prior)
         self.llr = 0.0
         self.tempo_px_s = nominal_px_s
         self.track: deque = deque()          # (t_centre, strip x) of recent music windows
         self.last_x: float | None = None
         self.last_t: float | None = None
         self.jumped = False
+        self.last_inc = 0.0      # evidence of the newest window (nats)
 
 
 @dataclass
@@ -181,7 +197,8 @@ class Tracker:
         self.shown_page: tuple[int, int] | None = None
         self.last_report_x: float | None = None
         if self.fixed is not None:
-            self.cands[self.fixed.index] = _Candidate(self.fixed, self.cfg.nominal_px_s)
+            self.cands[self.fixed.index] = _Candidate(self.fixed, self.cfg.nominal_px_s, self.cfg.start_prior)
+        self.windows_seen = 0
 
     def skipped(self, n: int) -> None:
         """``n`` windows were dropped before the next one (the server fell behind)."""
@@ -199,6 +216,7 @@ class Tracker:
         steps = 1 if self.last_index is None else max(1, int(window.index) - self.last_index)
         self.last_index = int(window.index)
         self.pending_skips = 0
+        self.windows_seen += 1
         dt = steps * eng.stride_s
         t_c = float(window.centre_time) if hasattr(window, "centre_time") else float(window.t) - eng.window_lead_s
         music = True
@@ -279,7 +297,8 @@ class Tracker:
     def _warm_start(self, piece: "PieceModel") -> _Candidate:
         """A new candidate replayed over the remembered windows (all but the newest, which the
         caller steps next)."""
-        c = _Candidate(piece, self.cfg.nominal_px_s)
+        from_start = self.windows_seen <= len(self.history)       # the stream began inside the history
+        c = _Candidate(piece, self.cfg.nominal_px_s, self.cfg.start_prior if from_start else 0.0)
         hist = list(self.history)[:-1]
         for h in hist:
             self._step(c, h, h.steps * self.engine.stride_s)
@@ -319,7 +338,16 @@ class Tracker:
             return
         c.alpha = pred * lik / lp
         if self.fixed is None:
-            inc = math.log(lp) - h.log_bg
+            # evidence = how much better the alignment predicts than a random position of the same
+            # piece (sequential fit; immune to "hub" pieces that resemble everything), optionally
+            # mixed with how much better than a random snippet of the library
+            log_own = math.log(max(float(lik.mean()), 1e-300))
+            b = cfg.library_null_weight
+            inc = math.log(lp) - ((1.0 - b) * log_own + b * h.log_bg)
+            c.last_inc = inc
+            # CUSUM-like: only evidence beyond an allowance per window accumulates, so a piece that
+            # resembles everything a little ("hub") never builds up a ratio, the right one quickly does
+            inc -= cfg.evidence_allowance_nats * steps
             c.llr = min(cfg.llr_max, max(cfg.llr_min, c.llr * 0.5 ** (dt / cfg.llr_half_life_s) + inc))
 
     def _mode_x(self, c: _Candidate) -> tuple[float, int, float]:

@@ -1,0 +1,199 @@
+"""Evaluations of the engine on a built corpus (``scorestream eval identify|follow``, benchmarks/).
+
+A library built with ``library import-corpus`` (page images only, through our system
+detection) and the corpus's performances: their spectrogram frames are cut into windows
+exactly as the live front end cuts them, embedded once (cached), and streamed causally
+through a tracker.  Truth: every performed notehead onset (page, system, notehead x).
+
+* follow: with ``--piece`` given (``mode="piece"``) and without (``mode="identify"``): share
+  of results within 0.5 / 1 / 2 s (pooled and mean per piece), share of pieces tracked to
+  the end; identification top-1/top-5/MRR after 5, 10, 30 s and time to identify;
+* unknown: audio of pieces that are not in the library (and speech, noise, silence):
+  share of 10 s stretches in which some piece is named;
+* structure: a performance spliced with a jump back / forward: time until the reported
+  position is right again (within 1 s) after the splice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scorestream.streamer.frontend import WindowCutter
+
+from .scoring import follow_errors, follow_summary, identification, tracked_to_end
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_STRETCH_S = 10.0
+RELOCK_WITHIN_S = 1.0
+
+
+@dataclass
+class Take:
+    """One performance: spectrogram frames (T, bins), truth events [t, page, system, x], its piece."""
+
+    name: str
+    piece: str | None
+    frames: np.ndarray
+    events: list
+
+
+def corpus_takes(corpus: str | Path, pieces: list[str], perfs=(0,)) -> list[Take]:
+    from scorestream.models.corpus.reader import Corpus
+
+    c = Corpus(corpus)
+    out = []
+    for pid in pieces:
+        p = c.piece(pid)
+        for j in perfs:
+            if j >= len(p.meta["performances"]):
+                continue
+            spec, _ = p.performance(j)
+            ev = [[r["onset_s"], r["page"], r["system"], (r["x0"] + r["x1"]) / 2] for r in p.alignment(j)]
+            ev.sort(key=lambda e: e[0])
+            out.append(Take(f"{pid}/p{j}", pid, spec, ev))
+    return out
+
+
+def windows_of(engine, frames: np.ndarray) -> list:
+    cut = WindowCutter(engine.audio_frames, engine.stride_frames)
+    ws = []
+    for i in range(0, len(frames), 2):         # 100 ms of frames at a time, as a live stream
+        ws += cut.push(frames[i:i + 2])
+    return ws + cut.flush()
+
+
+class EmbeddingCache:
+    """Window embeddings per take, on disk (keyed by the model's fingerprint and the frames)."""
+
+    def __init__(self, engine, folder: str | Path | None) -> None:
+        self.engine = engine
+        self.folder = Path(folder) if folder else None
+        self.fp = getattr(engine.embedder, "fingerprint", "model")
+
+    def get(self, take: Take) -> tuple[list, np.ndarray]:
+        ws = windows_of(self.engine, take.frames)
+        key = hashlib.sha256(self.fp.encode() + take.frames.tobytes() + str(self.engine.stride_frames).encode()).hexdigest()[:20]
+        f = self.folder / f"{key}.npy" if self.folder else None
+        if f is not None and f.is_file():
+            emb = np.load(f)
+            if len(emb) == len(ws):
+                return ws, emb
+        emb = np.concatenate([self.engine.embed(ws[i:i + 64]) for i in range(0, len(ws), 64)]) if ws else np.zeros((0, 1))
+        if f is not None:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            np.save(f, emb.astype(np.float32))
+        return ws, emb
+
+
+def run_take(engine, ws, emb, *, piece: str | None, config=None) -> tuple[list[dict], float]:
+    tr = engine.new_tracker(piece, config=config)
+    t0 = time.perf_counter()
+    res = [tr.update(w, e).to_json() for w, e in zip(ws, emb)]
+    return res, (time.perf_counter() - t0) / max(len(ws), 1)
+
+
+def evaluate_follow(engine, takes: list[Take], cache: EmbeddingCache, *, mode: str = "identify", config=None,
+                    progress=None) -> dict:
+    """Follow (and identify, unless ``mode == "piece"``) every take of a library piece."""
+    per, pooled, ms = [], [], []
+    for i, tk in enumerate(takes):
+        ws, emb = cache.get(tk)
+        res, dt = run_take(engine, ws, emb, piece=tk.piece if mode == "piece" else None, config=config)
+        e = follow_errors(res, tk.events, piece=tk.piece)
+        s = follow_summary(e)
+        d = {"take": tk.name, **s, "tracked_to_end": tracked_to_end(e), "ms_per_update": dt * 1e3}
+        if mode != "piece":
+            d["identification"] = identification(res, tk.piece)
+        per.append(d)
+        pooled.append(e)
+        ms.append(dt * 1e3)
+        if progress:
+            progress(i + 1, len(takes), d)
+    allerr = np.concatenate(pooled) if pooled else np.zeros(0)
+    out = {"mode": mode, "takes": len(takes), "pooled": follow_summary(allerr),
+           "mean_per_take": {k: float(np.mean([d[k] for d in per])) for k in ("within_0.5s", "within_1s", "within_2s")} if per else {},
+           "tracked_to_end": float(np.mean([d["tracked_to_end"] for d in per])) if per else 0.0,
+           "ms_per_update_median": float(np.median(ms)) if ms else None, "per_take": per}
+    if mode != "piece" and per:
+        idn = {}
+        for c in ("5s", "10s", "30s"):
+            vals = [d["identification"][c] for d in per if d["identification"][c] is not None]
+            idn[c] = {k: float(np.mean([v[k] for v in vals])) for k in ("top1", "top5", "rr")} if vals else None
+        tti = [d["identification"]["time_to_identify_s"] for d in per]
+        idn["time_to_identify_median_s"] = float(np.median([x if x is not None else np.inf for x in tti]))
+        idn["never_identified"] = int(sum(x is None for x in tti))
+        out["identification"] = idn
+    return out
+
+
+def evaluate_unknown(engine, takes: list[Take], cache: EmbeddingCache, *, config=None) -> dict:
+    """Takes whose music is not in the library: share of 10 s stretches in which a piece is named."""
+    stretches, false, per = 0, 0, []
+    for tk in takes:
+        ws, emb = cache.get(tk)
+        res, _ = run_take(engine, ws, emb, piece=None, config=config)
+        end = max((r["t"] for r in res), default=0.0)
+        n = max(1, int(end // UNKNOWN_STRETCH_S))
+        named = np.zeros(n, bool)
+        for r in res:
+            k = min(n - 1, int(r["t"] // UNKNOWN_STRETCH_S))
+            named[k] |= r["state"] == "tracking"
+        stretches += n
+        false += int(named.sum())
+        per.append({"take": tk.name, "stretches": n, "false": int(named.sum()),
+                    "tracking_share": float(np.mean([r["state"] == "tracking" for r in res])) if res else 0.0})
+    return {"takes": len(takes), "stretches": stretches, "false_identification_share": false / max(stretches, 1), "per_take": per}
+
+
+def splice(take: Take, cut_at_s: float, resume_at_s: float, name: str) -> tuple[Take, float]:
+    """The take played up to ``cut_at_s`` then from ``resume_at_s`` on (a jump back if
+    resume < cut, forward otherwise); returns the spliced take and the splice time."""
+    fps = 20
+    a, b = int(round(cut_at_s * fps)), int(round(resume_at_s * fps))
+    frames = np.concatenate([take.frames[:a], take.frames[b:]])
+    shift = (a - b) / fps
+    ev = [e for e in take.events if e[0] < cut_at_s] + [[e[0] + shift, *e[1:]] for e in take.events if e[0] >= resume_at_s]
+    return Take(name, take.piece, frames, ev), a / fps
+
+
+def evaluate_structure(engine, takes: list[Take], cache: EmbeddingCache, *, config=None, piece_given: bool = False,
+                       rng_seed: int = 0) -> dict:
+    """Jumps back (8-16 s of score) and forward (8-16 s) spliced into each take: re-lock time."""
+    rng = np.random.default_rng(rng_seed)
+    relock = {"back": [], "forward": []}
+    for tk in takes:
+        dur = len(tk.frames) / 20
+        if dur < 60:
+            continue
+        for kind in ("back", "forward"):
+            cut = float(rng.uniform(0.35, 0.6) * dur)
+            span = float(rng.uniform(8, 16))
+            resume = cut - span if kind == "back" else cut + span
+            sp, at = splice(tk, cut, resume, f"{tk.name}/{kind}")
+            ws, emb = cache.get(sp)
+            res, _ = run_take(engine, ws, emb, piece=tk.piece if piece_given else None, config=config)
+            e = follow_errors(res, sp.events, piece=tk.piece)
+            ts = [r["t"] for r in res if sp.events[0][0] <= r["t"] <= sp.events[-1][0] + 1.0]
+            ok_before = np.mean(np.abs(e[[i for i, t in enumerate(ts) if at - 10 <= t < at]]) <= RELOCK_WITHIN_S) if ts else 0
+            if ok_before < 0.5:      # not following before the splice: re-lock is undefined
+                continue
+            after = [(t, abs(x) <= RELOCK_WITHIN_S) for t, x in zip(ts, e) if t >= at]
+            t_ok = None
+            for i, (t, ok) in enumerate(after):    # first time from which 2 s of results stay right
+                if ok and all(o for tt, o in after[i:] if tt <= t + 2.0):
+                    t_ok = t - at
+                    break
+            relock[kind].append(np.inf if t_ok is None else t_ok)
+    out = {}
+    for k, v in relock.items():
+        a = np.array(v)
+        out[k] = {"splices": len(a), "median_relock_s": float(np.median(a)) if len(a) else None,
+                  "p90_relock_s": float(np.percentile(a, 90)) if len(a) else None, "never": int(np.isinf(a).sum())}
+    return out
