@@ -93,10 +93,11 @@ class Engine:
     """Library + embedder + index.  ``Engine(Library.open(path))``.
 
     ``tracker_config``: a :class:`TrackerConfig` (default: configs/tracker.toml).
-    ``embedder``: default the library's own model (checked against the library's weights)."""
+    ``embedder``: default the library's own model (checked against the library's weights).
+    ``pieces``: serve only these library ids (default all)."""
 
     def __init__(self, library, *, embedder=None, tracker_config: TrackerConfig | None = None,
-                 index_kind: str = "auto", logger: logging.Logger | None = None) -> None:
+                 index_kind: str = "auto", pieces=None, logger: logging.Logger | None = None) -> None:
         self.log = logger or logging.getLogger("scorestream.engine")
         self.library = library
         self.embedder = embedder if embedder is not None else library.embedder
@@ -110,7 +111,7 @@ class Engine:
         self.stride_s = self.stride_frames / FPS
         self.window_lead_s = (self.audio_frames // 2) / FPS     # window end - window centre
         hop = float(getattr(library, "hop_px", 20))
-        snippets = library.load_all()
+        snippets = library.load_all(pieces)     # pieces: only these ids (evaluations hold some out)
         self.pieces: list[PieceModel] = []
         for ps in snippets:
             if ps.info.snippets <= 0 or len(ps.emb) == 0:

@@ -1,0 +1,159 @@
+"""The tracker on a small library built at test time (music21 corpus pieces engraved with verovio,
+added through `scorestream library add`, played with the held-out MuseScore timbre): the right
+piece is identified and positions advance; a spliced jump is followed; speech and silence stay
+unknown; results are causal; the JSONL round-trips; the CLI gives one-line errors.
+No mocks: the real library, the shipped ONNX model, the real front end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import music_fixtures as mf
+from conftest_server import test_library  # noqa: F401  (session fixture)
+
+from scorestream.core.audio import decode_audio_file
+from scorestream.engine.results import Result
+from scorestream.engine.scoring import follow_errors, follow_summary, truth_index, position_time
+
+PIANO = "mozart-k545-1"          # two systems per page: page turns within seconds
+REPEATS = "schumann-polonaise-1"  # has repeats
+
+
+@pytest.fixture(scope="module")
+def engine(test_library):  # noqa: F811
+    from scorestream.engine.engine import Engine
+    from scorestream.engine.library import Library
+
+    return Engine(Library.open(test_library))
+
+
+def _audio(lib, piece, **kw):
+    wav = mf.performance(piece, lib=lib, **kw)
+    frames, sr = decode_audio_file(wav)
+    return wav, frames, sr
+
+
+def _follow(engine, frames, sr, piece=None):
+    from scorestream.engine.follow import follow_audio
+
+    return [r.to_json() for r in follow_audio(engine, frames, sr, piece=piece)]
+
+
+def test_identifies_and_advances(engine, test_library):  # noqa: F811
+    wav, frames, sr = _audio(test_library, PIANO)
+    res = _follow(engine, frames, sr)
+    tracking = [r for r in res if r["state"] == "tracking"]
+    assert tracking, "never tracking"
+    # identified within the first 10 s and it stays the right piece
+    first = next(r for r in res if r["state"] == "tracking")
+    assert first["piece"] == PIANO and first["t"] <= 10.0
+    assert all(r["piece"] == PIANO for r in tracking)
+    assert any(e["kind"] == "identified" and e["piece"] == PIANO for r in res for e in r["events"])
+    # progress increases through the piece (monotone on average: 4 quarters ordered)
+    prog = np.array([r["progress"] for r in tracking])
+    q = [prog[i * len(prog) // 4:(i + 1) * len(prog) // 4].mean() for i in range(4)]
+    assert q[0] < q[1] < q[2] < q[3]
+    # positions are right most of the time (truth: the printed notes of the performance)
+    tr = mf.truth(wav)
+    s = follow_summary(follow_errors(res, tr["events"], piece=PIANO))
+    assert s["within_2s"] >= 0.7, s
+    # the result fields
+    r = tracking[-1]
+    for k in ("t", "state", "piece", "title", "page", "system", "x", "y", "bbox", "page_size", "progress", "tempo",
+              "confidence", "candidates", "events"):
+        assert k in r
+    assert 0.0 <= r["confidence"] <= 1.0 and r["bbox"][1] <= r["y"] <= r["bbox"][3]
+    # page turns announced (the piece has several pages)
+    assert any(e["kind"] == "page_turn" for r in res for e in r["events"])
+
+
+def test_follow_known_piece_reports_from_the_start(engine, test_library):  # noqa: F811
+    wav, frames, sr = _audio(test_library, PIANO, tempo=1.25)
+    res = _follow(engine, frames, sr, piece=PIANO)
+    music = [r for r in res if r["t"] > 3.0]
+    assert all(r["state"] == "tracking" and r["piece"] == PIANO for r in music)
+    s = follow_summary(follow_errors(res, mf.truth(wav)["events"], piece=PIANO))
+    assert s["within_2s"] >= 0.7, s
+
+
+def test_spliced_jump_back_is_followed(engine, test_library):  # noqa: F811
+    wav, frames, sr = _audio(test_library, REPEATS)
+    tr = mf.truth(wav)
+    cut, back_to = 60.0, 35.0                    # play 0-60 s, then again from 35 s (a jump back 25 s)
+    a, b = int(cut * sr), int(back_to * sr)
+    spliced = np.concatenate([frames[:a], frames[b:]])
+    shift = cut - back_to
+    events = [e for e in tr["events"] if e[0] < cut] + [[e[0] + shift, *e[1:]] for e in tr["events"] if e[0] >= back_to]
+    res = _follow(engine, spliced, sr, piece=REPEATS)
+    err = follow_errors(res, events, piece=REPEATS)
+    ts = np.array([r["t"] for r in res if events[0][0] <= r["t"] <= events[-1][0] + 1.0])
+    late = (ts >= cut + 10.0) & (ts < cut + 30.0)     # 10-30 s after the jump: following again
+    assert late.any()
+    assert (np.abs(err[late]) <= 2.0).mean() >= 0.7
+
+
+def test_speech_and_silence_stay_unknown(engine):
+    sr = mf.SR
+    sp = mf.speech(20.0, sr)
+    silence = np.zeros(10 * sr, np.float32)
+    rng = np.random.default_rng(0)
+    noise = (0.05 * rng.standard_normal(10 * sr)).astype(np.float32)
+    for name, x in (("speech", sp), ("silence", silence), ("noise", noise)):
+        res = _follow(engine, x[:, None], sr)
+        assert all(r["state"] != "tracking" and r["piece"] is None for r in res), name
+        if name != "speech":
+            assert all(r["state"] == "unknown" for r in res), name
+
+
+def test_results_are_causal(engine, test_library):  # noqa: F811
+    """Feeding the first N seconds gives the same results up to N as feeding the whole file."""
+    _, frames, sr = _audio(test_library, PIANO)
+    n_s = 20.0
+    whole = _follow(engine, frames, sr)
+    part = _follow(engine, frames[: int(n_s * sr)], sr)
+    a = [r for r in whole if r["t"] <= n_s]
+    b = [r for r in part if r["t"] <= n_s]
+    assert len(a) == len(b) > 50
+    assert a == b
+    # and every result is about its own t: the window it used ended by then
+    assert all(r["t"] <= (r["window"] * engine.stride_frames + engine.audio_frames) / 20 + 0.1 for r in whole)
+
+
+def test_jsonl_round_trip_and_cli(engine, test_library, tmp_path):  # noqa: F811
+    wav, _, _ = _audio(test_library, PIANO, seconds=20.0)
+    out = tmp_path / "r.jsonl"
+    exe = [sys.executable, "-m", "scorestream.cli"]
+    p = subprocess.run(exe + ["follow", str(wav), "--library", str(test_library), "--jsonl", str(out), "--quiet"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    lines = out.read_text().splitlines()
+    assert len(lines) > 50
+    for line in lines:
+        d = json.loads(line)
+        assert d["format"] == 1
+        assert Result.from_json(d).to_json() == d
+    assert any(json.loads(x)["piece"] == PIANO for x in lines)
+    # errors: one line, no traceback, non-zero exit
+    bad = tmp_path / "garbage.wav"
+    bad.write_bytes(b"\x00garbage" * 100)
+    for args in (["follow", str(bad), "--library", str(test_library)],
+                 ["follow", str(tmp_path / "missing.wav"), "--library", str(test_library)],
+                 ["follow", str(wav), "--library", str(tmp_path / "nolib")],
+                 ["follow", str(wav), "--library", str(test_library), "--piece", "no-such-piece"]):
+        p = subprocess.run(exe + args, capture_output=True, text=True, timeout=300)
+        assert p.returncode != 0 and "Traceback" not in p.stderr and p.stderr.strip(), (args, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_scoring_position_time():
+    ev = [[1.0, 1, 1, 100.0], [2.0, 1, 1, 200.0], [5.0, 1, 1, 100.0]]     # x=100 played twice
+    idx = truth_index(ev)
+    assert position_time(idx, 1, 1, 110.0, 4.4) == 5.0
+    assert position_time(idx, 1, 1, 110.0, 1.2) == 1.0
+    assert position_time(idx, 1, 2, 110.0, 1.2) is None
