@@ -136,7 +136,7 @@ class Engine:
         self.background_emb = np.ascontiguousarray(all_emb[np.sort(pick)])
         self.piece_sizes = np.array([p.n for p in self.pieces], np.float64)
         self._embed_lock = threading.Lock()
-        self.log.info("engine: %d pieces, %d snippets, index %s, model %s", len(self.pieces), self.size, self.index.kind,
+        self.log.debug("engine: %d pieces, %d snippets, index %s, model %s", len(self.pieces), self.size, self.index.kind,
                       getattr(self.embedder, "name", "?"))
 
     def _choose_audio_model(self, name: str | None) -> tuple[int, int] | None:

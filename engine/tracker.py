@@ -84,7 +84,7 @@ class TrackerConfig:
     jump_min_px: float = 300.0
     start_prior: float = 0.5
     library_null_weight: float = 1.0
-    evidence_allowance_nats: float = 2.0
+    evidence_allowance_nats: float = 1.5
     gate: bool = True
 
 

@@ -61,7 +61,7 @@ def test_identifies_and_advances(engine, test_library):  # noqa: F811
     assert q[0] < q[1] < q[2] < q[3]
     # positions are right most of the time (truth: the printed notes of the performance)
     tr = mf.truth(wav)
-    s = follow_summary(follow_errors(res, tr["events"], piece=PIANO))
+    s = follow_summary(follow_errors([r for r in res if r["t"] >= first["t"]], tr["events"], piece=PIANO))
     assert s["within_2s"] >= 0.7, s
     # the result fields
     r = tracking[-1]
@@ -119,8 +119,10 @@ def test_results_are_causal(engine, test_library):  # noqa: F811
     part = _follow(engine, frames[: int(n_s * sr)], sr)
     a = [r for r in whole if r["t"] <= n_s]
     b = [r for r in part if r["t"] <= n_s]
-    assert len(a) == len(b) > 50
-    assert a == b
+    # the cut stream has a few more results at its end (its last windows are zero-padded at
+    # flush); every result the whole stream gave up to N is the same
+    assert len(a) > 50 and len(b) >= len(a)
+    assert b[: len(a)] == a
     # and every result is about its own t: the window it used ended by then
     assert all(r["t"] <= (r["window"] * engine.stride_frames + engine.audio_frames) / 20 + 0.1 for r in whole)
 

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from scorestream.core.errors import InputError
+
 
 def _candidates(text: str) -> int:
     try:
@@ -69,6 +71,7 @@ def _condition(a: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="evaluate models and the engine")
     esub = ev.add_subparsers(dest="eval_command", required=True, metavar="COMMAND")
+    register_engine(esub)
     r = esub.add_parser("retrieval", help="the paper's snippet-retrieval protocol (R@k, MRR, median rank)")
     src = r.add_mutually_exclusive_group()
     src.add_argument("--corpus", metavar="DIR", help="built corpus folder (uses its --split)")
@@ -93,3 +96,64 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--json", default=None, metavar="FILE", help="write results here")
     r.add_argument("--markdown", default=None, metavar="FILE", help="write a Markdown table here")
     r.set_defaults(func=_retrieval)
+
+
+def _engine_eval(a: argparse.Namespace) -> int:
+    """``eval identify`` / ``eval follow``: the tracker on a corpus split against a library."""
+    from scorestream.engine import evaluation as E
+    from scorestream.engine.engine import Engine
+    from scorestream.engine.library import Library
+    from scorestream.models.corpus.reader import Corpus
+
+    from .corpus import _corpus_dir
+
+    corpus_dir = _corpus_dir(a.corpus)
+    engine = Engine(Library.open(a.library))
+    ids = [p for p in Corpus(corpus_dir).piece_ids(a.split) if p in engine.by_id][: a.limit]
+    if not ids:
+        raise InputError(f"no {a.split} piece of {corpus_dir} is in {a.library}; build it with "
+                         f"'scorestream library import-corpus {corpus_dir} --library {a.library} --split {a.split}'")
+    takes = E.corpus_takes(corpus_dir, ids, a.perf)
+    cache = E.EmbeddingCache(engine, a.cache)
+    mode = "identify" if a.eval_command == "identify" else ("piece" if a.piece_given else "identify")
+    res = E.evaluate_follow(engine, takes, cache, mode=mode)
+    res.update({"library": str(a.library), "library_pieces": len(engine.pieces), "split": a.split, "pieces": len(ids)})
+    p = res["pooled"]
+    lines = [f"| {a.eval_command} ({mode}) | takes | within 0.5 s | within 1 s | within 2 s | tracked to end |",
+             "|---|---|---|---|---|---|",
+             f"| {a.split}, {len(engine.pieces)} pieces | {res['takes']} | {100 * p['within_0.5s']:.1f} % | "
+             f"{100 * p['within_1s']:.1f} % | {100 * p['within_2s']:.1f} % | {100 * res['tracked_to_end']:.1f} % |"]
+    if "identification" in res:
+        idn = res["identification"]
+        lines += ["", "| after | top-1 | top-5 | MRR |", "|---|---|---|---|"]
+        for c in ("5s", "10s", "30s"):
+            if idn[c]:
+                lines.append(f"| {c} | {100 * idn[c]['top1']:.1f} % | {100 * idn[c]['top5']:.1f} % | {idn[c]['rr']:.3f} |")
+        lines.append(f"\nmedian time to identify (and stay): {idn['time_to_identify_median_s']:.1f} s; "
+                     f"never identified: {idn['never_identified']} of {res['takes']}")
+    table = "\n".join(lines)
+    print(table)
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(res, indent=1, default=float))
+    if a.markdown:
+        Path(a.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.markdown).write_text(table + "\n")
+    return 0
+
+
+def register_engine(esub) -> None:
+    for name, what in (("identify", "which piece: top-1/top-5/MRR after 5, 10, 30 s, time to identify"),
+                       ("follow", "where: share of results within 0.5/1/2 s, pieces tracked to the end")):
+        e = esub.add_parser(name, help=f"the tracker on a corpus split ({what})")
+        e.add_argument("--corpus", required=True, metavar="DIR", help="built corpus folder")
+        e.add_argument("--library", required=True, metavar="DIR", help="library built with 'library import-corpus'")
+        e.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split's performances (default test)")
+        e.add_argument("--perf", type=int, nargs="+", default=[0], metavar="J", help="performance numbers (default 0)")
+        e.add_argument("--limit", type=int, default=None, metavar="N", help="at most N pieces")
+        e.add_argument("--cache", default=None, metavar="DIR", help="cache window embeddings here (reruns are fast)")
+        if name == "follow":
+            e.add_argument("--piece-given", action="store_true", help="follow with the piece given (no identification)")
+        e.add_argument("--json", default=None, metavar="FILE", help="write results here")
+        e.add_argument("--markdown", default=None, metavar="FILE", help="write a Markdown table here")
+        e.set_defaults(func=_engine_eval, piece_given=False)
