@@ -302,7 +302,7 @@ def test_follow_mode_and_unknown_piece(server, performance):
 def test_mqtt_position_and_retained_piece(test_library, performance, mosquitto):
     srv = ServerProcess(test_library, "--mqtt", mosquitto.address)
     try:
-        wav = performance("bach-bwv66.6")
+        wav = performance("mozart-k545-1")     # identified (a 4-part chorale is outside what the model reads)
 
         async def go():
             from scorestream.clients.client import stream_file
@@ -321,7 +321,7 @@ def test_mqtt_position_and_retained_piece(test_library, performance, mosquitto):
 
         s, late = asyncio.run(go())
         assert late and late[0][2] is True and late[0][1]["state"] == "ended"
-        assert late[0][1]["piece"] == "bach-bwv66.6"
+        assert late[0][1]["piece"] == "mozart-k545-1"
         m = srv.metrics()
         assert m["scorestream_mqtt_published_total"] >= len(s.results)
     finally:
