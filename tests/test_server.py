@@ -209,10 +209,11 @@ def test_batcher_matches_direct_embedding_and_drops_when_full(embedder):
 
 # ============================================================================ MQTT publisher on a real broker
 
-async def _collect(port: int, topic: str, n: int, timeout: float = 60.0) -> list:
+async def _collect(port: int, topic: str, n: int, timeout: float = 60.0, into: list | None = None) -> list:
+    """Up to ``n`` messages ``(topic, payload, retain)`` on ``topic`` (appended to ``into`` as they come)."""
     import aiomqtt
 
-    got = []
+    got = [] if into is None else into
     async with aiomqtt.Client("127.0.0.1", port) as c:
         await c.subscribe(topic, qos=1)
         try:
@@ -224,6 +225,33 @@ async def _collect(port: int, topic: str, n: int, timeout: float = 60.0) -> list
         except TimeoutError:
             pass
     return got
+
+
+async def _retained(port: int, topic: str, want=lambda payload: True, timeout: float = 60.0):
+    """The message the broker *retains* on ``topic`` (delivered on subscribing, with the retain flag).
+
+    A fresh subscription gets the stored message flagged retained; a publish that reaches the broker
+    while we subscribe arrives live (flag clear) instead. Either way the broker stores it, so a live
+    copy means: subscribe again. Returns ``(payload, retain)`` of the first retained message that
+    satisfies ``want``, or the last one seen (``None`` when nothing came) after ``timeout``."""
+    import aiomqtt
+
+    last = None
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        async with aiomqtt.Client("127.0.0.1", port) as c:
+            await c.subscribe(topic, qos=1)
+            try:
+                async with asyncio.timeout(min(5.0, max(0.1, end - time.monotonic()))):
+                    async for m in c.messages:
+                        last = (json.loads(m.payload), m.retain)
+                        if m.retain and want(last[0]):
+                            return last
+                        break                    # a live copy, or an older retained state: subscribe again
+            except TimeoutError:
+                pass
+        await asyncio.sleep(0.2)
+    return last
 
 
 def test_mqtt_publisher_survives_broker_restart(mosquitto):
@@ -238,8 +266,9 @@ def test_mqtt_publisher_survives_broker_restart(mosquitto):
         end = time.monotonic() + 60
         while pub.published < 4 and time.monotonic() < end:
             await asyncio.sleep(0.05)
-        got = await _collect(mosquitto.port, "scorestream/s1/piece", 1)
-        assert got and got[0][1]["piece"] == "a" and got[0][2] is True          # retained
+        assert pub.published >= 4 and pub.connected
+        got = await _retained(mosquitto.port, "scorestream/s1/piece")
+        assert got is not None and got[0]["piece"] == "a" and got[1] is True     # retained
         mosquitto.kill()
         for i in range(200):                     # broker gone: never blocks, bounded queue, drops counted
             pub.position("s1", {"t": 100 + i})
@@ -249,9 +278,9 @@ def test_mqtt_publisher_survives_broker_restart(mosquitto):
         end = time.monotonic() + 60
         while time.monotonic() < end and (not pub.connected or pub._q):
             await asyncio.sleep(0.1)
-        assert pub.connected
-        got = await _collect(mosquitto.port, "scorestream/s1/piece", 1)     # ... and re-published
-        assert got and got[0][1]["piece"] == "a" and got[0][2] is True
+        assert pub.connected and not pub._q
+        got = await _retained(mosquitto.port, "scorestream/s1/piece")      # ... and re-published, retained
+        assert got is not None and got[0]["piece"] == "a" and got[1] is True
         await pub.close()
         await pub.close()
 
@@ -307,21 +336,29 @@ def test_mqtt_position_and_retained_piece(test_library, performance, mosquitto):
         async def go():
             from scorestream.clients.client import stream_file
 
-            sub = asyncio.create_task(_collect(mosquitto.port, "scorestream/choir/#", 10_000, timeout=90))
+            live: list = []
+            sub = asyncio.create_task(_collect(mosquitto.port, "scorestream/choir/#", 10_000, timeout=600, into=live))
             await asyncio.sleep(1.0)
             s = await stream_file(str(wav), srv.url, stream="choir", realtime=False)
-            await asyncio.sleep(2.0)
+            end = time.monotonic() + 60          # the live subscriber gets the stream's end too
+            while time.monotonic() < end and not any(t.endswith("/piece") and d["state"] == "ended" for t, d, _ in live):
+                await asyncio.sleep(0.2)
             sub.cancel()
             try:
                 await sub
             except asyncio.CancelledError:
                 pass
-            late = await _collect(mosquitto.port, "scorestream/choir/piece", 1, timeout=30)   # retained
-            return s, late
+            late = await _retained(mosquitto.port, "scorestream/choir/piece", lambda d: d.get("state") == "ended")
+            return s, live, late
 
-        s, late = asyncio.run(go())
-        assert late and late[0][2] is True and late[0][1]["state"] == "ended"
-        assert late[0][1]["piece"] == "mozart-k545-1"
+        s, live, late = asyncio.run(go())
+        positions = [d for t, d, _ in live if t == "scorestream/choir/position"]
+        pieces = [d for t, d, _ in live if t == "scorestream/choir/piece"]
+        assert positions and positions[-1]["t"] == s.results[-1]["t"] and "state" in positions[-1]   # QoS 0: the stream's results
+        assert any(d["state"] == "tracking" and d["piece"] == "mozart-k545-1" for d in pieces), pieces
+        assert pieces[-1]["state"] == "ended"
+        assert late is not None and late[1] is True and late[0]["state"] == "ended", late     # retained
+        assert late[0]["piece"] == "mozart-k545-1"
         m = srv.metrics()
         assert m["scorestream_mqtt_published_total"] >= len(s.results)
     finally:
