@@ -63,11 +63,12 @@ class Client:
 
     def __init__(self, url: str, *, sample_rate: float, channels: int = 1, format: str = "float32",
                  mode: str = "identify", piece: str | None = None, encoding: str = "json", stream: str | None = None,
-                 live: bool | None = None, token: str | None = None, on_message: Callable[[dict], None] | None = None,
+                 live: bool | None = None, results: str | None = None, token: str | None = None,
+                 on_message: Callable[[dict], None] | None = None,
                  open_timeout: float = 30.0, max_size: int | None = 16 << 20) -> None:
         self.url = url
         self.hello = hello_message(sample_rate=sample_rate, channels=channels, format=format, mode=mode, piece=piece,
-                                   encoding=encoding, stream=stream, realtime=live)
+                                   encoding=encoding, stream=stream, realtime=live, results=results)
         self.dtype = np.dtype("<f4") if format == "float32" else np.dtype("<i2")
         self.channels = channels
         self.sample_rate = float(sample_rate)

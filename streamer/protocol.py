@@ -13,7 +13,7 @@ One connection carries one stream::
     {"type":"hello", ...}       (text)  -->
                                         <--  {"type":"ready", ...}
     PCM                       (binary)  -->
-    PCM ...                             <--  {"type":"result", ...} (<= 10/s, coalesced)
+    PCM ...                             <--  {"type":"result", ...} (<= 10/s, coalesced; or all)
                                         <--  {"type":"event", ...}  (identified, lost, jump, page_turn)
     {"type":"bye"}              (text)  -->
                                         <--  final {"type":"result"}, {"type":"bye", ...}, close 1000
@@ -42,7 +42,9 @@ MAX_SAMPLE_RATE = 192000
 MAX_CHANNELS = 8
 STREAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PIECE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_HELLO_KEYS = {"type", "version", "sample_rate", "channels", "format", "mode", "piece", "encoding", "stream", "realtime"}
+_HELLO_KEYS = {"type", "version", "sample_rate", "channels", "format", "mode", "piece", "encoding", "stream", "realtime",
+               "results"}
+RESULTS = ("coalesced", "all")
 
 # error codes (docs/protocol.md lists them with their meaning)
 BAD_JSON = "bad_json"                 # a text frame that is not a JSON object
@@ -102,6 +104,7 @@ class Hello:
     stream: str | None             # the client's stream name (MQTT topics), None: the server names it
     version: int = PROTOCOL_VERSION
     realtime: bool | None = None   # True: a live source (drop windows when behind); False: a file (backpressure); None: auto
+    results: str = "coalesced"     # "coalesced": at most results_per_second result messages; "all": one per window
 
     @property
     def dtype(self) -> np.dtype:
@@ -246,12 +249,15 @@ def parse_hello(d: dict) -> Hello:
     realtime = d.get("realtime")
     if realtime is not None and not isinstance(realtime, bool):
         raise ProtocolError(BAD_HELLO, f"hello 'realtime' must be true, false or absent, got {realtime!r}")
-    return Hello(float(rate), int(channels), fmt, mode, piece, enc, stream, int(version), realtime)
+    results = d.get("results", "coalesced")
+    if results not in RESULTS:
+        raise ProtocolError(BAD_HELLO, f"hello 'results' must be one of {', '.join(RESULTS)}, got {results!r}")
+    return Hello(float(rate), int(channels), fmt, mode, piece, enc, stream, int(version), realtime, results)
 
 
 def hello_message(*, sample_rate: float, channels: int = 1, format: str = "int16", mode: str = "identify",
                   piece: str | None = None, encoding: str = "json", stream: str | None = None,
-                  realtime: bool | None = None) -> dict:
+                  realtime: bool | None = None, results: str | None = None) -> dict:
     """Client side: the hello object (validated the way the server will)."""
     d = {"type": "hello", "version": PROTOCOL_VERSION, "sample_rate": sample_rate, "channels": channels, "format": format,
          "mode": mode, "encoding": encoding}
@@ -261,6 +267,8 @@ def hello_message(*, sample_rate: float, channels: int = 1, format: str = "int16
         d["stream"] = stream
     if realtime is not None:
         d["realtime"] = realtime
+    if results is not None and results != "coalesced":
+        d["results"] = results
     parse_hello(d)
     return d
 
@@ -364,6 +372,8 @@ class ServerProtocol:
             except ProtocolError as exc:
                 return self.fail(exc.code, exc.message)
             self.encoding = self.hello.encoding
+            if self.hello.results == "all":
+                self._co.interval = 0.0      # every result goes out (paced by the window rate and by backpressure)
             self.state = STARTING
             return [Start(self.hello)]
         if kind == "bye":
@@ -436,7 +446,8 @@ class ServerProtocol:
         assert self.hello is not None
         msg = {"type": "ready", "version": PROTOCOL_VERSION, "stream": stream, "mode": self.hello.mode,
                "piece": self.hello.piece, "encoding": self.encoding,
-               "results_per_second": self.limits.results_per_second,
+               "results_per_second": None if self.hello.results == "all" else self.limits.results_per_second,
+               "results": self.hello.results,
                "max_message_bytes": self.limits.max_message_bytes, **self.server_info, **(info or {})}
         return [Send(msg)]
 

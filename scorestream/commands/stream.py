@@ -23,12 +23,16 @@ class _Display:
         self.f = open(jsonl, "w") if jsonl else None
         self._last_len = 0
         self._last_plain = 0.0
+        self._last_window: int | None = None
 
     def __call__(self, msg: dict) -> None:
         kind = msg.get("type")
         if kind == "result":
             r = msg["result"]
-            if self.f is not None:
+            # the final result repeats the latest one when that was sent already: one line per window
+            repeat = msg.get("final") and r.get("window") is not None and r.get("window") == self._last_window
+            self._last_window = r.get("window")
+            if self.f is not None and not repeat:
                 self.f.write(json.dumps(r, separators=(",", ":")) + "\n")
             if self.quiet:
                 return
@@ -75,7 +79,10 @@ def _stream(a: argparse.Namespace) -> int:
         raise InputError(f"--server must be a websocket URL such as ws://127.0.0.1:8765/ws, got {url!r}")
     if url.rstrip("/").count("/") == 2:
         url = url.rstrip("/") + "/ws"
-    kw = dict(mode=a.mode, piece=a.piece, encoding=a.encoding, stream=a.name, token=a.token)
+    # the JSONL holds every result (one per window, like `scorestream follow`); the live line alone
+    # needs no more than the server's coalesced 10 per second
+    results = a.results or ("all" if a.jsonl else "coalesced")
+    kw = dict(mode=a.mode, piece=a.piece, encoding=a.encoding, stream=a.name, token=a.token, results=results)
     disp = _Display(a.jsonl, a.quiet)
     kw["on_message"] = disp
     try:
@@ -122,7 +129,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--realtime", action="store_true", help="send a file at real-time pace (default: as fast as possible)")
     p.add_argument("--speed", type=float, default=None, metavar="X",
                    help="send a file at X times real time (e.g. 2); --realtime is --speed 1")
-    p.add_argument("--jsonl", metavar="OUT", help="write every result object as one JSON line")
+    p.add_argument("--jsonl", metavar="OUT", help="write every result object as one JSON line (the JSONL of 'scorestream follow')")
+    p.add_argument("--results", choices=("coalesced", "all"), default=None,
+                   help="all: the server sends one result per audio window; coalesced: at most 10 per second "
+                        "(default: all with --jsonl, else coalesced)")
     p.add_argument("--mode", choices=("identify", "follow"), default="identify",
                    help="identify: search the library (default); follow: the piece is known (--piece)")
     p.add_argument("--piece", help="library id of the piece (with --mode follow)")
