@@ -343,17 +343,28 @@ def status_line(r: dict, width: int = 100, bar: int = 20) -> str:
     return s[:width]
 
 
+def _where(page, system) -> str:
+    if page is None:
+        return ""
+    return f"page {page}" + (f", system {system}" if system is not None else "")
+
+
 def event_line(e: dict) -> str:
+    """One line for an event (docs/results.md: identified, lost, jump, page_turn)."""
     kind = e.get("kind")
     t = e.get("t") or 0.0
+    where = _where(e.get("page"), e.get("system"))
     if kind == "identified":
-        return f"{t:7.1f}s  identified {e.get('piece')} (page {e.get('page')}, system {e.get('system')})"
+        return f"{t:7.1f}s  identified {e.get('piece')}" + (f" ({where})" if where else "")
     if kind == "lost":
         return f"{t:7.1f}s  lost {e.get('piece') or ''}".rstrip()
     if kind == "jump":
         d = e.get("data") or {}
-        extra = f" ({d.get('from')} -> {d.get('to')} s of score)" if "from" in d else ""
-        return f"{t:7.1f}s  jump to page {e.get('page')}, system {e.get('system')}{extra}"
+        frm = _where(d.get("from_page"), d.get("from_system"))
+        s = f"{t:7.1f}s  jump" + (f" from {frm}" if frm else "") + (f" to {where}" if where else "")
+        if d.get("from_progress") is not None and d.get("to_progress") is not None:
+            s += f" ({100 * float(d['from_progress']):.0f}% -> {100 * float(d['to_progress']):.0f}% of the piece)"
+        return s
     if kind == "page_turn":
         return f"{t:7.1f}s  page turn -> page {e.get('page')}"
     return f"{t:7.1f}s  {kind}"

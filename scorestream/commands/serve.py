@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 
 from scorestream.core.errors import InputError
 
 
-def make_engine(library: str, device: str = "cpu"):
-    """Open a library read-only and build the engine on ``device`` ("cpu" or "cuda")."""
+def make_engine(library: str, device: str = "cpu", config: str | None = None):
+    """Open a library read-only and build the engine on ``device`` ("cpu" or "cuda") with the tracker
+    settings of ``config`` (a TOML file; default the shipped configs/tracker.toml)."""
     import onnxruntime as ort
 
-    from scorestream.engine.engine import Engine
+    from scorestream.engine.engine import Engine, load_tracker_config
     from scorestream.engine.library import Library
 
     if device not in ("cpu", "cuda"):
@@ -27,13 +27,7 @@ def make_engine(library: str, device: str = "cpu"):
     lib = Library.open(library, check_model=False)
     embedder = load_embedder(lib.model_name, providers=providers, intra_op_threads=1)
     lib.check_model(embedder)
-    params = inspect.signature(Engine).parameters
-    kw = {}
-    if "embedder" in params:
-        kw["embedder"] = embedder
-    elif "device" in params:
-        kw["device"] = device
-    return Engine(lib, **kw)
+    return Engine(lib, embedder=embedder, tracker_config=load_tracker_config(config))
 
 
 def _serve(a: argparse.Namespace) -> int:
@@ -43,7 +37,7 @@ def _serve(a: argparse.Namespace) -> int:
     from scorestream.streamer.server import ServerConfig, run_server
 
     log = logging.getLogger("scorestream.serve")
-    engine = make_engine(a.library, a.device)
+    engine = make_engine(a.library, a.device, a.config)
     limits = Limits(max_message_bytes=a.max_message_bytes, max_bytes_per_second=a.max_bytes_per_second or None,
                     idle_timeout_s=a.idle_timeout or None, hello_timeout_s=a.hello_timeout or None,
                     max_streams=a.max_streams or None)
@@ -83,6 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mqtt-prefix", default="scorestream", help="MQTT topic prefix (default scorestream)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the embedding model runs (cuda needs the 'gpu' extra: onnxruntime-gpu)")
+    p.add_argument("--config", default=None, metavar="TOML",
+                   help="tracker settings (default: the shipped configs/tracker.toml; the same file 'scorestream follow --config' reads)")
     p.add_argument("--token", help="shared secret clients must send (Authorization: Bearer T, or ?token=T)")
     p.add_argument("--origins", action="append", metavar="ORIGIN[,ORIGIN…]",
                    help="browser origins allowed besides the server's own (e.g. https://example.org); '*' allows any")
