@@ -9,14 +9,19 @@ One folder, no server::
         page001.png …       the page images the library serves (coordinates refer to these pixels)
         strip.png           the unrolled strip (staff space 7.2 px)
         emb.npy             float16 (n_snippets, D) sheet embeddings, unit rows
+      .staging/<uid>/       a piece being added (not part of the library)
       .write.lock           held by the one writer (add/remove/rebuild)
 
-Adding is atomic: pages are read and checked, systems detected, the strip embedded and
-every file written into a temporary folder, renamed into ``pieces/`` and only then made
-visible by one SQLite transaction. A crash or ``kill -9`` at any point leaves the library
-as it was (at most an unreferenced folder, removed by the next writer); readers, who read
-in one transaction, never see a half-added piece. Removing deletes the rows in one
-transaction, then the folder.
+Adding is atomic: every input file is opened and checked first, then pages are decoded
+one at a time (bounded memory), their systems detected and the page images written into
+``.staging/<uid>/``; the strip is embedded, the folder fsynced, renamed into ``pieces/``
+and only then made visible by one SQLite transaction. A crash or ``kill -9`` at any point
+leaves the library as it was: at most an unreferenced folder in ``.staging/`` or
+``pieces/`` that no query sees, not counted by :meth:`Library.stats`, and removed by the
+next writer. Readers, who read in one transaction, never see a half-added piece. Removing
+deletes the rows in one transaction, then the folder (a reader whose snapshot still had
+the piece retries, see :meth:`Library.load_all`). A failed add (bad file, no staves, a
+duplicate id) changes nothing.
 
 A library remembers the model that embedded it (name, fingerprint of the weights, input
 spec). Opening it with other weights raises :class:`IncompatibleModelError` naming the
@@ -47,14 +52,16 @@ from scorestream.core.config import default_path, load_section
 from scorestream.core.errors import IncompatibleModelError, InputError
 from scorestream.core.geometry import STRIP_HEIGHT, ink, sheet_snippets
 from scorestream.core.spec import ModelInputSpec
-from scorestream.core.strip import Segment, unroll
+from scorestream.core.geometry import CROP_W
+from scorestream.core.strip import Segment, Strip, unroll
 
-from .pages import PageImage, read_pages
+from .pages import PageImage, check_inputs, iter_pages
 
 log = logging.getLogger(__name__)
 
 LIBRARY_FORMAT = 1
 DB_NAME = "library.sqlite"
+STAGING = ".staging"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _SCHEMA = """
@@ -177,6 +184,31 @@ def snippet_positions(strip_width: int, hop_px: int) -> np.ndarray:
     return (np.arange(hop_px / 2, strip_width, hop_px)).astype(np.float32)
 
 
+def is_library(path: str | Path) -> bool:
+    """Whether ``path`` holds a library database (possibly damaged: :meth:`Library.open` says what
+    is wrong with it), not just the leftovers of an interrupted create."""
+    path = Path(path)
+    return (path / DB_NAME).is_file() and not _interrupted_create(path)
+
+
+def _interrupted_create(path: Path) -> bool:
+    """A folder left by a killed :meth:`Library.create`: the database without tables, no pieces."""
+    names = {q.name for q in path.iterdir()}
+    if DB_NAME not in names or not names <= {DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal", "pieces",
+                                             STAGING, ".write.lock"}:
+        return False
+    if (path / "pieces").is_dir() and any((path / "pieces").iterdir()):
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{path / DB_NAME}?mode=ro", uri=True, timeout=30.0)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] == 0
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return False
+
+
 class _WriteLock:
     def __init__(self, folder: Path) -> None:
         self._f = open(folder / ".write.lock", "w")
@@ -223,9 +255,9 @@ class Library:
         cfg = config or load_library_config()
         if path.exists() and not path.is_dir():
             raise InputError(f"{path} is a file; give a folder for the library")
-        if path.is_dir() and (path / DB_NAME).exists():
+        if path.is_dir() and is_library(path):
             raise InputError(f"{path} already holds a library")
-        if path.is_dir() and any(path.iterdir()):
+        if path.is_dir() and any(path.iterdir()) and not _interrupted_create(path):
             raise InputError(f"{path} is a non-empty folder that is not a library; give a new or empty folder")
         if embedder is None:
             from scorestream.models.embedder import load_embedder
@@ -235,14 +267,17 @@ class Library:
         if hop < 1:
             raise InputError(f"hop must be at least 1 px, got {hop}")
         path.mkdir(parents=True, exist_ok=True)
+        for f in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal"):   # an interrupted create
+            (path / f).unlink(missing_ok=True)
         (path / "pieces").mkdir(exist_ok=True)
         conn = cls._connect(path)
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.executescript(_SCHEMA)
         meta = {"format": str(LIBRARY_FORMAT), "model": embedder.name, "model_fingerprint": embedder.fingerprint,
                 "input_spec": json.dumps(embedder.input_spec.to_json()), "hop_px": str(hop), "created": str(time.time()),
                 "generation": "0"}
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")      # tables and meta in one transaction: a killed create leaves no half library
+        for stmt in filter(None, (x.strip() for x in _SCHEMA.split(";"))):
+            conn.execute(stmt)
         conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
         conn.execute("COMMIT")
         lib = cls(path, conn, meta)
@@ -259,9 +294,14 @@ class Library:
             raise InputError(f"{path} is not a scorestream library (no {DB_NAME}); give the folder 'scorestream library add' created")
         try:
             conn = cls._connect(path)
-            rows = conn.execute("SELECT key, value FROM meta").fetchall()
+            has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+            rows = conn.execute("SELECT key, value FROM meta").fetchall() if has_meta else []
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{path / DB_NAME}: damaged library database ({exc}); rebuild the library") from None
+        if not rows:
+            conn.close()
+            raise InputError(f"{path}: an empty library whose creation was interrupted; run 'scorestream library add "
+                             f"--library {path} …' again (it creates the library anew)")
         meta = dict(rows)
         if int(meta.get("format", -1)) != LIBRARY_FORMAT:
             raise IncompatibleModelError(f"{path}: library format {meta.get('format')} (this scorestream reads {LIBRARY_FORMAT}); "
@@ -359,13 +399,27 @@ class Library:
         return self.path / "pieces" / folder / row[0]
 
     def load_all(self, ids: Iterable[str] | None = None) -> list[PieceSnippets]:
-        """Snippets, embeddings and layout of every piece (one consistent snapshot)."""
+        """Snippets, embeddings and layout of every piece (one consistent snapshot).
+
+        A piece removed while it is read (its folder deleted after the snapshot began) makes
+        the whole snapshot start again, so the result is always one committed state whose
+        files were all there when it was taken (a later remove can of course still delete them)."""
+        want = set(ids) if ids is not None else None
+        for attempt in range(20):
+            try:
+                return self._load_snapshot(want)
+            except FileNotFoundError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
+
+    def _load_snapshot(self, want: set[str] | None) -> list[PieceSnippets]:
         out = []
         self._conn.execute("BEGIN")
         try:
             rows = self._conn.execute("SELECT pid, id, title, composer, n_pages, n_systems, n_snippets, strip_width, folder "
                                       "FROM pieces ORDER BY id").fetchall()
-            want = set(ids) if ids is not None else None
             for pid, pid_s, title, composer, n_pages, n_systems, n_snip, sw, folder in rows:
                 if want is not None and pid_s not in want:
                     continue
@@ -378,23 +432,37 @@ class Library:
                                          _unblob(sn[4], np.float32), _unblob(sn[5], np.float32), systems, pages))
         finally:
             self._conn.execute("COMMIT")
+        for p in out:       # a remove that committed after our snapshot began may have deleted files since
+            for pg in p.pages:
+                if not pg.image.is_file():
+                    raise FileNotFoundError(pg.image)
         return out
 
     def stats(self) -> dict:
-        r = self._conn.execute("SELECT COUNT(*), COALESCE(SUM(n_pages),0), COALESCE(SUM(n_systems),0), COALESCE(SUM(n_snippets),0) "
-                               "FROM pieces").fetchone()
-        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        self._conn.execute("BEGIN")
+        try:
+            r = self._conn.execute("SELECT COUNT(*), COALESCE(SUM(n_pages),0), COALESCE(SUM(n_systems),0), COALESCE(SUM(n_snippets),0) "
+                                   "FROM pieces").fetchone()
+            folders = [row[0] for row in self._conn.execute("SELECT folder FROM pieces")]
+        finally:
+            self._conn.execute("COMMIT")
+        # the database and the pieces' folders (not a killed add's leftovers, not the WAL's scratch size)
+        page_size, page_count = (self._conn.execute(f"PRAGMA {k}").fetchone()[0] for k in ("page_size", "page_count"))
+        size = int(page_size) * int(page_count)
+        for d in folders:
+            size += sum(f.stat().st_size for f in (self.path / "pieces" / d).iterdir() if f.is_file())
         return {"library": str(self.path), "pieces": r[0], "pages": r[1], "systems": r[2], "snippets": r[3],
                 "model": self.model_name, "model_fingerprint": self.model_fingerprint, "hop_px": self.hop_px,
                 "embed_dim": self.input_spec.embed_dim, "format": LIBRARY_FORMAT, "disk_mb": round(size / 1e6, 2)}
 
     # ---- writing
     def _cleanup_orphans(self) -> None:
-        """Remove piece folders no row refers to (an add that was killed before its commit)."""
+        """Remove what killed writers left: staged pieces and piece folders no row refers to (writers only)."""
         known = {r[0] for r in self._conn.execute("SELECT folder FROM pieces")}
         for d in (self.path / "pieces").iterdir():
             if d.is_dir() and d.name not in known:
                 shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(self.path / STAGING, ignore_errors=True)
 
     def add(self, piece_id: str, files: list[str | Path], *, title: str | None = None, composer: str | None = None,
             progress: Callable[[str, int, int], None] | None = None, config: LibraryConfig | None = None) -> PieceInfo:
@@ -405,58 +473,47 @@ class Library:
             raise InputError(f"invalid id {piece_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
         cfg = config or load_library_config()
         lock = _WriteLock(self.path)
-        tmp = None
+        stage = final = None
         try:
             if piece_id in self:
                 raise InputError(f"a piece with id {piece_id!r} is already in {self.path}; remove it first or choose another id")
             self._cleanup_orphans()
-            pages = read_pages(files)
-            sources = sorted({p.source for p in pages})
-            detected = detect_pages(pages, progress=progress)
-            kept = [(p, s) for p, s in zip(pages, detected) if s]
-            if not kept:
-                raise InputError(f"no music staves found on any page of {', '.join(sources)}; give score pages (PDF or images)")
-            strip = unroll([p.image for p, _ in kept],
-                           [[(d.x0, d.y0, d.x1, d.y1, d.staff_space, float(np.tan(np.radians(d.skew_deg)))) for d in s] for _, s in kept])
-            xs = snippet_positions(strip.width, self.hop_px)
-            emb = embed_strip(self.embedder, strip.image, xs, batch=cfg.batch, threads=cfg.threads, progress=progress)
+            paths, n_total = check_inputs(files)
+            sources = [str(p) for p in paths]
+            embedder = self.embedder          # a model mismatch is refused before any work
             folder = uuid.uuid4().hex[:16]
-            tmp = self.path / "pieces" / f"{folder}.tmp"
-            tmp.mkdir()
-            page_rows, system_rows = [], []
-            for n, (pg, systems) in enumerate(kept, start=1):
-                name = f"page{n:03d}.png"
-                Image.fromarray(pg.image).save(tmp / name, compress_level=6)
-                h, w = pg.image.shape
-                page_rows.append((n, name, w, h, pg.label))
+            stage = self.path / STAGING / folder
+            stage.mkdir(parents=True)
+            strip, page_rows, kept_systems, n_read = self._ingest_pages(paths, n_total, stage, progress)
+            if not page_rows:
+                raise InputError(f"no music staves found on any page of {', '.join(sources)}; give score pages (PDF or images)")
+            xs = snippet_positions(strip.width, self.hop_px)
+            emb = embed_strip(embedder, strip.image, xs, batch=cfg.batch, threads=cfg.threads, progress=progress)
+            system_rows = []
             for seg in strip.segments:
-                d = kept[seg.page][1][seg.system]
+                d = kept_systems[seg.page][seg.system]
                 system_rows.append((seg.page + 1, seg.system + 1, d.x0, d.y0, d.x1, d.y1, d.staff_space, d.skew_deg,
                                     json.dumps([list(map(float, s)) for s in d.staves]), json.dumps([float(v) for v in d.staff_lines]),
                                     seg.strip_x0, seg.width, seg.scale, seg.src_x0, seg.src_y_centre, seg.tan, seg.x_ref))
-            Image.fromarray(strip.image).save(tmp / "strip.png", compress_level=6)
-            np.save(tmp / "emb.npy", emb.astype(np.float16))
-            seg_idx = np.clip(np.searchsorted([s.strip_x0 for s in strip.segments], xs, side="right") - 1, 0, len(strip.segments) - 1)
-            sp = np.array([strip.segments[i].page + 1 for i in seg_idx], np.int16)
-            ss = np.array([strip.segments[i].system + 1 for i in seg_idx], np.int16)
-            px = np.empty(len(xs), np.float32)
-            py = np.empty(len(xs), np.float32)
-            for j, (i, x) in enumerate(zip(seg_idx, xs)):
-                px[j], py[j] = strip.segments[i].strip_to_page(float(x), STRIP_HEIGHT / 2)
-            for f in tmp.iterdir():
+            Image.fromarray(strip.image).save(stage / "strip.png", compress_level=6)
+            np.save(stage / "emb.npy", emb.astype(np.float16))
+            sp, ss, px, py = snippet_layout(strip, xs)
+            for f in stage.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+            _fsync_dir(stage)
             final = self.path / "pieces" / folder
-            os.replace(tmp, final)
-            tmp = final
-            info = PieceInfo(piece_id, title, composer, len(kept), len(strip.segments), int(len(xs)), strip.width)
+            os.replace(stage, final)
+            stage = None
+            _fsync_dir(final.parent)
+            info = PieceInfo(piece_id, title, composer, len(page_rows), len(strip.segments), int(len(xs)), strip.width)
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
             try:
                 cur = c.execute("INSERT INTO pieces (id, title, composer, folder, n_pages, n_systems, n_snippets, strip_width, sources, added) "
                                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                 (piece_id, title, composer, folder, info.pages, info.systems, info.snippets, info.strip_width,
-                                 json.dumps(sources), time.time()))
+                                 json.dumps(sorted(set(sources))), time.time()))
                 pid = cur.lastrowid
                 c.executemany("INSERT INTO pages VALUES (?, ?, ?, ?, ?, ?)", [(pid, *r) for r in page_rows])
                 c.executemany("INSERT INTO systems VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -468,15 +525,58 @@ class Library:
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
-            tmp = None
-            skipped = len(pages) - len(kept)
+            final = None
+            skipped = n_read - len(page_rows)
             log.info("added %s: %d pages%s, %d systems, %d snippets", piece_id, info.pages,
                      f" ({skipped} without staves skipped)" if skipped else "", info.systems, info.snippets)
             return info
         finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
+            for d in (stage, final):
+                if d is not None:
+                    shutil.rmtree(d, ignore_errors=True)
+            try:
+                (self.path / STAGING).rmdir()
+            except OSError:
+                pass
             lock.release()
+
+    def _ingest_pages(self, paths: list[Path], n_total: int, stage: Path, progress) -> tuple[Strip, list, list, int]:
+        """Decode, detect, store and unroll the pages one at a time (only one page image in memory).
+
+        Returns the strip, the page rows, the systems of every kept page and the number of pages read."""
+        from .systems import NoStavesError, detect_systems
+
+        blocks, segments, page_rows, kept_systems, skipped = [], [], [], [], []
+        x = n_read = 0
+        for pg in iter_pages(paths):
+            n_read += 1
+            try:
+                systems = detect_systems(pg.image)
+            except NoStavesError:
+                skipped.append(pg.label)
+                systems = []
+            if systems:
+                n = len(page_rows) + 1
+                name = f"page{n:03d}.png"
+                Image.fromarray(pg.image).save(stage / name, compress_level=6)
+                h, w = pg.image.shape
+                page_rows.append((n, name, w, h, pg.label))
+                part = unroll([pg.image], [[(d.x0, d.y0, d.x1, d.y1, d.staff_space, float(np.tan(np.radians(d.skew_deg))))
+                                            for d in systems]])
+                for seg in part.segments:
+                    seg.page = n - 1
+                    seg.strip_x0 += x
+                blocks.append(part.image)
+                segments.extend(part.segments)
+                x += part.width
+                kept_systems.append(systems)
+            if progress:
+                progress("pages", n_read, max(n_total, n_read))
+        if page_rows:       # (when no page has staves, the one error says so)
+            for label in skipped:
+                log.warning("warning: %s: no music staves found; page skipped", label)
+        strip = Strip(np.concatenate(blocks, axis=1) if blocks else np.zeros((STRIP_HEIGHT, 0), np.uint8), segments)
+        return strip, page_rows, kept_systems, n_read
 
     def remove(self, piece_id: str) -> None:
         lock = _WriteLock(self.path)
@@ -515,13 +615,38 @@ def detect_pages(pages: list[PageImage], progress=None) -> list[list]:
     return out
 
 
+def snippet_layout(strip: Strip, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(page, system) (1-based) and page position (x, y of the system's centre line) of snippets at strip columns ``xs``."""
+    seg_idx = np.clip(np.searchsorted([s.strip_x0 for s in strip.segments], xs, side="right") - 1, 0, len(strip.segments) - 1)
+    sp = np.array([strip.segments[i].page + 1 for i in seg_idx], np.int16)
+    ss = np.array([strip.segments[i].system + 1 for i in seg_idx], np.int16)
+    px = np.empty(len(xs), np.float32)
+    py = np.empty(len(xs), np.float32)
+    for j, (i, x) in enumerate(zip(seg_idx, xs)):
+        px[j], py[j] = strip.segments[i].strip_to_page(float(x), STRIP_HEIGHT / 2)
+    return sp, ss, px, py
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def embed_strip(embedder, strip_image: np.ndarray, xs: np.ndarray, *, batch: int = 64, threads: int = 0,
                 progress=None) -> np.ndarray:
-    """Sheet embeddings of snippets centred on strip columns ``xs`` (batched; ``threads`` parallel calls)."""
+    """Sheet embeddings of snippets centred on strip columns ``xs`` (batched; ``threads`` parallel calls).
+
+    Each batch cuts its snippets from only the strip columns it covers, so the cost per snippet
+    does not grow with the length of the piece."""
     ink_strip = ink(strip_image)
+    W = ink_strip.shape[1]
     n = len(xs)
     if n == 0:
         return np.zeros((0, embedder.embed_dim), np.float32)
+    xi = np.round(np.asarray(xs, np.float64)).astype(np.int64)     # sheet_snippets' own rounding, done once
     starts = list(range(0, n, batch))
     out = np.empty((n, embedder.embed_dim), np.float32)
     workers = threads or max(1, os.cpu_count() or 1)
@@ -529,7 +654,9 @@ def embed_strip(embedder, strip_image: np.ndarray, xs: np.ndarray, *, batch: int
 
     def run(s: int) -> int:
         e = min(n, s + batch)
-        out[s:e] = embedder.embed_sheet(sheet_snippets(ink_strip, xs[s:e]))
+        lo = int(max(0, xi[s:e].min() - CROP_W))
+        hi = int(min(W, xi[s:e].max() + CROP_W))
+        out[s:e] = embedder.embed_sheet(sheet_snippets(ink_strip[:, lo:hi], xi[s:e] - lo))
         return e - s
 
     if workers == 1 or len(starts) == 1:

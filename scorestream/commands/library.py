@@ -32,23 +32,38 @@ def _bar(desc: str, enabled: bool):
 
 
 def _open_or_create(path: str, model: str | None, hop: int | None):
-    from scorestream.engine.library import DB_NAME, Library
+    from scorestream.engine.library import Library, is_library
 
     p = Path(path)
-    if (p / DB_NAME).is_file():
-        if model:
-            lib = Library.open(p)
-            if model not in (lib.model_name,):
-                raise InputError(f"{p} uses model {lib.model_name}; --model applies only to a new library")
-            return lib
-        return Library.open(p)
+    if is_library(p):
+        lib = Library.open(p)
+        if model and model != lib.model_name:
+            lib.close()
+            raise InputError(f"{p} uses model {lib.model_name}; --model applies only to a new library")
+        return lib
     return Library.create(p, model=model, hop_px=hop)
 
 
 def _add(a: argparse.Namespace) -> int:
+    from scorestream.engine.library import is_library
+
+    p = Path(a.library)
+    existed = p.exists()
+    created = not is_library(p)      # Library.create refuses folders that hold anything but an interrupted create
     lib = _open_or_create(a.library, a.model, a.hop)
-    with lib:
-        info = lib.add(a.id, a.files, title=a.title, composer=a.composer, progress=_bar(a.id, not a.no_progress))
+    try:
+        with lib:
+            info = lib.add(a.id, a.files, title=a.title, composer=a.composer, progress=_bar(a.id, not a.no_progress))
+    except BaseException:
+        if created:       # a failed first add leaves no library behind
+            import shutil
+
+            if existed:
+                for q in p.iterdir():
+                    shutil.rmtree(q) if q.is_dir() else q.unlink()
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+        raise
     print(f"added {info.id}: {info.pages} pages, {info.systems} systems, {info.snippets} snippets")
     return 0
 
