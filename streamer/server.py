@@ -522,7 +522,10 @@ class ScoreServer:
         ws_log = self.log.getChild("ws")
         if not ws_log.isEnabledFor(logging.DEBUG):
             ws_log.setLevel(logging.WARNING)       # "connection open/closed" for every client is noise
+        # no permessage-deflate: PCM hardly compresses, and inflating every audio message (and deflating it in
+        # every client) costs more CPU per stream than the rest of the websocket layer
         self._ws = await serve(self._handler, self.config.host, self.config.port, process_request=self._process_request,
+                               compression=None,
                                max_size=lim.max_message_bytes, max_queue=4, open_timeout=self.config.handshake_timeout_s,
                                ping_interval=20, ping_timeout=20, close_timeout=5, logger=ws_log,
                                server_header=f"scorestream/{__version__}")
