@@ -13,7 +13,10 @@ mono int16 in 100 ms messages, each stream a synthesized performance.
   itself; the end-of-stream flush is left out);
 * capacity: N simultaneous real-time streams for ``--seconds`` each; a level passes when the
   p99 latency is <= 250 ms and no window was dropped; reported: the largest N that passes, for
-  the default model (the library's ensemble) and for ``bl1_2s`` alone (a library built with it);
+  the default (``scorestream serve`` as shipped: a library of the ``bl1_2s+bl2_4s_at`` ensemble,
+  the audio embedded by its ``bl1_2s`` member, configs/tracker.toml ``audio_model``), for the whole
+  ensemble embedding the audio (``audio_model = ""``: both networks per window), and for a library
+  built with ``bl1_2s`` alone;
 * memory per stream: the server's resident memory with N streams open minus with none, / N;
 * windows/s and batch sizes: from the server's /metrics during the largest passing level.
 
@@ -38,6 +41,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+
+import re  # noqa: E402
+import tempfile  # noqa: E402
 
 import music_fixtures as mf  # noqa: E402
 from conftest_server import ServerProcess  # noqa: E402
@@ -150,14 +156,22 @@ async def _level(srv: ServerProcess, audios: list[np.ndarray], n: int, seconds: 
     }
 
 
-def capacity(srv: ServerProcess, audios, ladder: list[int], seconds: float, log) -> tuple[list[dict], int]:
+def capacity(srv: ServerProcess, audios, ladder: list[int], seconds: float, log, retries: int = 1) -> tuple[list[dict], int]:
+    """Levels up the ladder until one fails. Other jobs share this machine's 2 cores, so a failing
+    level is run once more (``retries``) before the ladder stops; every attempt is recorded, with the
+    load average of the minute it ran in."""
     levels, best = [], 0
     for n in ladder:
-        r = asyncio.run(_level(srv, audios, n, seconds))
-        levels.append(r)
-        log(f"  {n:3d} streams: p50 {r['latency_p50_ms']} ms, p99 {r['latency_p99_ms']} ms, dropped {r['dropped_windows']}, "
-            f"{r['windows_per_s']} windows/s, batch {r['mean_batch']}, {r['mb_per_stream']} MB/stream -> "
-            f"{'pass' if r['passes'] else 'FAIL'}")
+        for attempt in range(1 + retries):
+            r = asyncio.run(_level(srv, audios, n, seconds))
+            r["attempt"] = attempt + 1
+            r["load_avg_1min"] = round(os.getloadavg()[0], 2)
+            levels.append(r)
+            log(f"  {n:3d} streams: p50 {r['latency_p50_ms']} ms, p99 {r['latency_p99_ms']} ms, dropped {r['dropped_windows']}, "
+                f"{r['windows_per_s']} windows/s, batch {r['mean_batch']}, {r['mb_per_stream']} MB/stream, "
+                f"load {r['load_avg_1min']} -> {'pass' if r['passes'] else 'FAIL'}")
+            if r["passes"]:
+                break
         if r["passes"]:
             best = n
         else:
@@ -171,8 +185,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="seconds per capacity level")
     ap.add_argument("--latency-seconds", type=float, default=60.0)
     ap.add_argument("--quick", action="store_true", help="short levels (a smoke run)")
-    ap.add_argument("--ladder", default="8,16,24,32,40,48,64", help="stream counts, default model")
-    ap.add_argument("--ladder-small", default="16,32,48,64,80,96,128", help="stream counts, bl1_2s")
+    ap.add_argument("--ladder", default="16,32,48,64,80,96,128", help="stream counts, default")
+    ap.add_argument("--ladder-ensemble", default="8,16,24,32,48,64", help="stream counts, the ensemble embedding the audio")
+    ap.add_argument("--ladder-small", default="16,32,48,64,80,96,128", help="stream counts, bl1_2s library")
     a = ap.parse_args(argv)
     if a.quick:
         a.seconds, a.latency_seconds = 8.0, 15.0
@@ -197,19 +212,35 @@ def main(argv=None) -> int:
         res["capacity_default"] = {"model": (levels[0].get("model") if levels else None), "max_streams": best, "levels": levels}
         status, _, body = srv.get("/healthz")
         res["capacity_default"]["model"] = json.loads(body).get("model")
+        res["capacity_default"]["library_model"] = _library_model(lib)
     finally:
         srv.stop()
+    with tempfile.TemporaryDirectory() as d:
+        cfg = Path(d) / "tracker.toml"
+        text = (ROOT / "configs" / "tracker.toml").read_text()
+        cfg.write_text(re.sub(r'(?m)^audio_model\s*=\s*"[^"]*"', 'audio_model = ""', text))
+        srv = ServerProcess(lib, "--config", str(cfg))
+        try:
+            status, _, body = srv.get("/healthz")
+            name = json.loads(body).get("model")
+            log(f"capacity, the whole ensemble embedding the audio ({name})")
+            levels, best = capacity(srv, audios, [int(x) for x in a.ladder_ensemble.split(",")], a.seconds, log)
+            res["capacity_ensemble"] = {"model": name, "library_model": _library_model(lib), "max_streams": best,
+                                        "levels": levels}
+        finally:
+            srv.stop()
     lib_small = mf.build_library(mf.TEST_SET, log=log, model="bl1_2s")
     srv = ServerProcess(lib_small)
     try:
         log("capacity, bl1_2s")
         levels, best = capacity(srv, audios, [int(x) for x in a.ladder_small.split(",")], a.seconds, log)
-        res["capacity_bl1_2s"] = {"model": "bl1_2s", "max_streams": best, "levels": levels}
+        res["capacity_bl1_2s"] = {"model": "bl1_2s", "library_model": _library_model(lib_small), "max_streams": best,
+                                  "levels": levels}
     finally:
         srv.stop()
     res["machine"]["load_avg_after"] = os.getloadavg()[0]
     cd, cs = res["capacity_default"], res["capacity_bl1_2s"]
-    passing = [lv for lv in cd["levels"] + cs["levels"] if lv["passes"]]
+    passing = [lv for lv in cd["levels"] + res["capacity_ensemble"]["levels"] + cs["levels"] if lv["passes"]]
     res["mb_per_stream"] = max((lv["mb_per_stream"] for lv in passing if lv["streams"] >= 8), default=None)
     lat = res["latency_1_stream"]
     res["targets"] = {
@@ -226,6 +257,19 @@ def main(argv=None) -> int:
     return 0
 
 
+def _library_model(lib: Path) -> str | None:
+    import sqlite3
+
+    con = sqlite3.connect(Path(lib) / "library.sqlite")
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()
+        return row[0] if row else None
+    except sqlite3.Error:
+        return None
+    finally:
+        con.close()
+
+
 def markdown(res: dict) -> str:
     lat = res["latency_1_stream"]
     t = res["targets"]
@@ -239,17 +283,25 @@ def markdown(res: dict) -> str:
         "| measure | value | target |", "|---|---|---|",
         f"| latency, 1 stream: p50 / p99 | {lat['latency_p50_ms']} / {lat['latency_p99_ms']} ms | p99 <= 100 ms: {ok(t['p99_1_stream_le_100ms'])} |",
         f"| real-time streams, default model ({res['capacity_default']['model']}) | {res['capacity_default']['max_streams']} | >= 32: {ok(t['default_ge_32_streams'])} |",
-        f"| real-time streams, bl1_2s | {res['capacity_bl1_2s']['max_streams']} | >= 64: {ok(t['bl1_2s_ge_64_streams'])} |",
+        f"| real-time streams, the whole ensemble embedding the audio ({res['capacity_ensemble']['model']}) | {res['capacity_ensemble']['max_streams']} | (for comparison) |",
+        f"| real-time streams, bl1_2s library | {res['capacity_bl1_2s']['max_streams']} | >= 64: {ok(t['bl1_2s_ge_64_streams'])} |",
         f"| memory per stream | {res['mb_per_stream']} MB | <= 5 MB: {ok(t['le_5mb_per_stream'])} |", "",
-        "A capacity level passes when the p99 latency is <= 250 ms and no window was dropped.", "",
+        "A capacity level passes when the p99 latency is <= 250 ms and no window was dropped; a level that fails is "
+        "run once more before the ladder stops (other jobs share the 2 cores: the load average of each attempt is listed, "
+        "and the load generator itself takes part of the CPU). The default is "
+        "`scorestream serve` as shipped: the library holds the ensemble's sheet embeddings, the audio is embedded by "
+        "the `bl1_2s` member alone (configs/tracker.toml `audio_model`), one window per 0.2 s per stream.", "",
     ]
-    for key in ("capacity_default", "capacity_bl1_2s"):
+    for key, what in (("capacity_default", "default"), ("capacity_ensemble", "ensemble audio"),
+                      ("capacity_bl1_2s", "bl1_2s library")):
         c = res[key]
-        lines += [f"## {c['model']}", "", "| streams | p50 ms | p99 ms | dropped | windows/s | mean batch | MB/stream | pass |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {what}: audio {c['model']}, library {c.get('library_model')}", "",
+                  "| streams | attempt | p50 ms | p99 ms | dropped | windows/s | mean batch | MB/stream | load avg | pass |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for lv in c["levels"]:
-            lines.append(f"| {lv['streams']} | {lv['latency_p50_ms']} | {lv['latency_p99_ms']} | {lv['dropped_windows']} | "
-                         f"{lv['windows_per_s']} | {lv['mean_batch']} | {lv['mb_per_stream']} | {'yes' if lv['passes'] else 'no'} |")
+            lines.append(f"| {lv['streams']} | {lv.get('attempt', 1)} | {lv['latency_p50_ms']} | {lv['latency_p99_ms']} | "
+                         f"{lv['dropped_windows']} | {lv['windows_per_s']} | {lv['mean_batch']} | {lv['mb_per_stream']} | "
+                         f"{lv.get('load_avg_1min', '')} | {'yes' if lv['passes'] else 'no'} |")
         lines.append("")
     return "\n".join(lines)
 

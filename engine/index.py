@@ -41,8 +41,8 @@ def default_nlist(n: int) -> int:
 
 
 def default_nprobe(nlist: int) -> int:
-    """Lists searched per query: a 16th of them, at least 192 (all when there are fewer)."""
-    return max(nlist // 16, min(192, nlist))
+    """Lists searched per query: a 24th of them, at least 192 (all when there are fewer)."""
+    return max(nlist // 24, min(192, nlist))
 
 
 class SnippetIndex:

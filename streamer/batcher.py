@@ -95,9 +95,9 @@ class BatchStream:
             if futs:
                 b._cv.notify()
         self.submitted += len(futs)
+        dropped = [it for it in dropped if not it.future.done()]      # (a cancelled one was counted by its stream)
         for it in dropped:
-            if not it.future.done():
-                it.future.set_result(None)
+            it.future.set_result(None)
         if dropped:
             self.dropped += len(dropped)
             if b.metrics is not None:
@@ -194,25 +194,32 @@ class Batcher:
         return self._queued
 
     # ---- worker side
-    def _take(self) -> list[_Item]:
-        """Up to max_batch items, round-robin over the streams (caller holds the lock)."""
+    def _take(self) -> tuple[list[_Item], set]:
+        """Up to max_batch items, round-robin over the streams (caller holds the lock), and the
+        streams that got room."""
         streams = [s for s in self._streams.values() if s._q]
         if not streams:
-            return []
+            return [], set()
         k = self._rr % len(streams)
         streams = streams[k:] + streams[:k]
         self._rr += 1
         out: list[_Item] = []
+        touched: set = set()
+        taken = 0
         while len(out) < self.max_batch:
             progressed = False
             for s in streams:
                 if s._q and len(out) < self.max_batch:
-                    out.append(s._q.popleft())
+                    it = s._q.popleft()
+                    taken += 1
+                    touched.add(s)
                     progressed = True
+                    if not it.future.cancelled():     # cancelled by its stream (too late to matter): not embedded
+                        out.append(it)
             if not progressed:
                 break
-        self._queued -= len(out)
-        return out
+        self._queued -= taken
+        return out, touched
 
     def _oldest(self) -> float:
         return min((s._q[0].t_submit for s in self._streams.values() if s._q), default=time.monotonic())
@@ -232,12 +239,16 @@ class Batcher:
                     self._cv.wait(left)
                 if self._stopping:
                     return
-                items = self._take()
-            if not items:
-                continue
+                items, touched = self._take()
             loop = self._loop
             assert loop is not None
-            loop.call_soon_threadsafe(self._rooms_freed, {it.stream for it in items})
+            if touched:
+                try:
+                    loop.call_soon_threadsafe(self._rooms_freed, touched)
+                except RuntimeError:       # loop closed: nobody waits any more
+                    return
+            if not items:
+                continue
             t0 = time.monotonic()
             try:
                 x = np.stack([it.spec for it in items]).astype(np.float32, copy=False)

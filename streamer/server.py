@@ -62,6 +62,8 @@ class ServerConfig:
     workers: int = 2                        # embedding threads (onnxruntime sessions run concurrently)
     max_queued_windows: int = 16            # per stream: windows waiting for the batcher (drop beyond, live)
     realtime_slack_s: float = 2.0           # audio ahead of the wall clock by more than this: a file (backpressure)
+    max_lag_s: float | None = 1.0           # live streams: a window this far behind the stream's own pace is skipped
+    lag_creep: float = 0.002                # s/s the lag reference may creep (a source clock slower than ours)
     mqtt: str | None = None                 # "HOST:PORT" of a broker
     mqtt_prefix: str = "scorestream"
     mqtt_queue: int = 10_000                # messages held while the broker is unreachable (drop oldest)
@@ -72,6 +74,8 @@ class ServerConfig:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         if self.max_batch < 1 or self.workers < 1 or self.max_queued_windows < 1:
             raise ValueError("max_batch, workers and max_queued_windows must be >= 1")
+        if self.max_lag_s is not None and not self.max_lag_s > 0:
+            raise ValueError(f"max_lag_s must be > 0 or None, got {self.max_lag_s!r}")
         if self.mqtt is not None:
             parse_address(self.mqtt)
 
@@ -109,6 +113,24 @@ class _Stream:
         self.last: dict | None = None
         self.piece_key: tuple | None = None
         self.file = hello.realtime is False      # faster than real time: backpressure instead of dropping
+        # live pace: min over windows of (wall time read - audio time), creeping up slowly; a window whose
+        # (now - audio time) exceeds it by more than max_lag_s is late, wherever it waited (TCP buffers,
+        # the reader, the batcher, the tracker queue)
+        self.offset: float | None = None
+        self.offset_at = now
+
+    def note_pace(self, windows, now: float, creep: float) -> None:
+        if not windows:
+            return
+        if self.offset is not None:
+            self.offset += creep * max(0.0, now - self.offset_at)
+        self.offset_at = now
+        o = now - max(w.t for w in windows)
+        if self.offset is None or o < self.offset:
+            self.offset = o
+
+    def lag(self, w, now: float) -> float:
+        return 0.0 if self.offset is None else (now - w.t) - self.offset
 
 
 class _Session:
@@ -268,14 +290,22 @@ class _Session:
         m.audio_seconds_total.inc(pcm.size / s.hello.channels / s.hello.sample_rate)
         if s.hello.realtime is None and not s.file and s.fe.t - (arrival - s.t_start) > self.server.config.realtime_slack_s:
             s.file = True        # ahead of the wall clock: not a live source; stays so for the rest of the stream
+        s.note_pace(windows, arrival, self.server.config.lag_creep)
         await self._submit(s, windows, arrival, live=not s.file)
+
+    def _late(self, s: _Stream, w: AudioWindow, now: float) -> bool:
+        """A live stream's window more than max_lag_s behind the stream's pace: skip it (bounded latency)."""
+        lim = self.server.config.max_lag_s
+        return lim is not None and not s.file and s.lag(w, now) > lim
 
     async def _submit(self, s: _Stream, windows: list[AudioWindow], arrival: float | None, *, live: bool) -> None:
         if not windows:
             return
         if live:
-            futs = s.bs.submit([w.spec for w in windows], on_full="drop")
-            pairs = list(zip(windows, futs))
+            now = self.loop.time()
+            late = [self._late(s, w, now) for w in windows]
+            futs = iter(s.bs.submit([w.spec for w, x in zip(windows, late) if not x], on_full="drop"))
+            pairs = [(w, None if x else next(futs)) for w, x in zip(windows, late)]
         else:
             pairs = []
             i = 0
@@ -298,7 +328,14 @@ class _Session:
             if item is _END:
                 break
             w, fut, arrival = item
-            emb = await fut
+            if fut is not None and arrival is not None and not fut.done() and self._late(s, w, self.loop.time()):
+                fut.cancel()                 # the batcher skips it if not yet embedded
+                fut = None
+            if fut is None:                  # late: skipped before the batcher or before the tracker
+                m.dropped_windows_total.inc()
+                emb = None
+            else:
+                emb = await fut
             if emb is None:
                 skipped += 1
                 s.dropped += 1

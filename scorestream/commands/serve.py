@@ -44,7 +44,8 @@ def _serve(a: argparse.Namespace) -> int:
     origins = tuple(o for s in a.origins or [] for o in s.split(",") if o)
     cfg = ServerConfig(host=a.host, port=a.port, token=a.token, origins=origins, limits=limits, mqtt=a.mqtt,
                        mqtt_prefix=a.mqtt_prefix, workers=a.workers, max_batch=a.max_batch,
-                       handshake_timeout_s=a.handshake_timeout or None, max_connections=a.max_connections or None)
+                       handshake_timeout_s=a.handshake_timeout or None, max_connections=a.max_connections or None,
+                       max_lag_s=a.max_lag or None)
     if a.host not in ("127.0.0.1", "localhost", "::1") and not a.token:
         log.warning("serving on %s without --token: anyone who can reach this address can stream and read the library", a.host)
 
@@ -92,5 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hello-timeout", type=float, default=10.0, help="seconds a new connection has to send its hello (0: no limit)")
     p.add_argument("--handshake-timeout", type=float, default=10.0,
                    help="seconds a new TCP connection has to complete its HTTP request (0: no limit)")
+    p.add_argument("--max-lag", type=float, default=1.0, metavar="S",
+                   help="live streams: skip windows more than S seconds behind the stream's pace, so latency stays "
+                        "bounded when the server is overloaded (default 1.0; 0: never skip)")
     p.add_argument("--max-connections", type=int, default=1024, help="open connections at once (0: no limit)")
     p.set_defaults(func=_serve)
