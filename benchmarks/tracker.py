@@ -1,5 +1,5 @@
 """Tracker evaluation on a built corpus (engine/evaluation.py): follow with and without the
-piece given, identification, out-of-library audio, jumps.
+piece given, identification, out-of-library audio, jumps, radio medleys (4 pieces x 45 s back to back).
 
     python benchmarks/tracker.py --corpus data/corpus --library data/lib_valid --split valid \
         [--unknown-library data/lib_test] [--set kappa=10 ...] [--out benchmarks/results/tracker_valid.json]
@@ -42,8 +42,10 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="valid")
     ap.add_argument("--perf", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--modes", nargs="+", default=["piece", "identify", "unknown", "structure"])
+    ap.add_argument("--modes", nargs="+", default=["piece", "identify", "unknown", "structure"],
+                    help="piece identify unknown structure radio")
     ap.add_argument("--unknown-corpus-split", default=None, help="pieces of this split (not in the library) as out-of-library audio")
+    ap.add_argument("--medleys", type=int, default=20, help="radio mode: medleys of 4 pieces x 45 s")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="tracker setting override")
     ap.add_argument("--cache", default=str(REPO / "data" / "eval_cache"))
     ap.add_argument("--out", default=None)
@@ -71,10 +73,17 @@ def main(argv=None) -> int:
             r = ev.evaluate_unknown(engine, ev.corpus_takes(a.corpus, out_ids, (0,)), cache, config=cfg)
         elif mode == "structure":
             r = ev.evaluate_structure(engine, [t for t in takes if t.name.endswith("/p0")], cache, config=cfg)
+        elif mode == "radio":
+            def prog(i, n, its):
+                print(f"  radio {i}/{n}: " + ", ".join(
+                    f"{it['piece']} {'never' if it['reidentify_s'] is None else format(it['reidentify_s'], '.1f') + ' s'}"
+                    f"{' ERROR' if it['error'] else ''}" for it in its), flush=True)
+            r = ev.evaluate_radio(engine, [t for t in takes if t.name.endswith("/p0")], cache, medleys=a.medleys,
+                                  config=cfg, progress=prog)
         else:
             raise SystemExit(f"unknown mode {mode}")
         res[mode] = r
-        brief = {k: v for k, v in r.items() if k not in ("per_take",)}
+        brief = {k: v for k, v in r.items() if k not in ("per_take", "per_medley")}
         print(mode, json.dumps(brief, default=float), f"({time.time() - t0:.0f} s)", flush=True)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -195,5 +195,108 @@ def evaluate_structure(engine, takes: list[Take], cache: EmbeddingCache, *, conf
     for k, v in relock.items():
         a = np.array(v)
         out[k] = {"splices": len(a), "median_relock_s": float(np.median(a)) if len(a) else None,
-                  "p90_relock_s": float(np.percentile(a, 90)) if len(a) else None, "never": int(np.isinf(a).sum())}
+                  "p90_relock_s": float(np.quantile(a, 0.9, method="higher")) if len(a) else None, "never": int(np.isinf(a).sum())}
     return out
+
+
+RADIO_ITEMS = 4                 # pieces per medley
+RADIO_ITEM_S = 45.0             # seconds of each piece
+RADIO_GAP_S = (0.0, 2.0)        # digital silence between two pieces (uniform)
+RADIO_WRONG_S = 5.0             # a wrong piece named this long (continuously) is an error
+
+
+def silence_frames(seconds: float) -> np.ndarray:
+    """Spectrogram frames of digital silence, through the same front end as the corpus."""
+    from scorestream.core.frontend import FrontEndConfig, spectrogram
+
+    cfg = FrontEndConfig()
+    n = int(round(seconds * cfg.fps))
+    if n <= 0:
+        return np.zeros((0, cfg.n_bins), np.float32)
+    return spectrogram(np.zeros(int(seconds * cfg.sample_rate) + cfg.frame_size, np.float32), cfg)[:n]
+
+
+def medley(takes: list[Take], rng: np.random.Generator, name: str, *, items: int = RADIO_ITEMS,
+           item_s: float = RADIO_ITEM_S, gap_s: tuple[float, float] = RADIO_GAP_S) -> tuple[Take, list[dict]]:
+    """A radio hour in miniature: ``items`` different takes, ``item_s`` seconds of each from a
+    random point in the piece, hard cuts, ``gap_s`` of silence between them.  Returns the medley
+    (events shifted to medley time) and its items ``{piece, start, end}`` in medley seconds."""
+    fps = 20
+    picks = rng.choice(len(takes), size=min(items, len(takes)), replace=False)
+    parts, events, segs, t = [], [], [], 0.0
+    for k, i in enumerate(picks):
+        tk = takes[int(i)]
+        dur = len(tk.frames) / fps
+        n = int(round(min(item_s, dur) * fps))
+        off = int(round(rng.uniform(0.0, max(0.0, dur - n / fps)) * fps))
+        if k:
+            g = silence_frames(float(rng.uniform(*gap_s)))
+            parts.append(g)
+            t += len(g) / fps
+        parts.append(tk.frames[off:off + n])
+        shift = t - off / fps
+        events += [[e[0] + shift, *e[1:]] for e in tk.events if off / fps <= e[0] < (off + n) / fps]
+        segs.append({"piece": tk.piece, "take": tk.name, "start": t, "end": t + n / fps, "offset_s": off / fps})
+        t += n / fps
+    return Take(name, None, np.concatenate(parts).astype(np.float32), events), segs
+
+
+def radio_items(results: list[dict], segs: list[dict], *, wrong_s: float = RADIO_WRONG_S) -> list[dict]:
+    """Per medley item: time from its start until the right piece is named and stays named to the
+    item's end (``None``: never), the first time it is named, and whether another piece was named
+    for ``wrong_s`` seconds or more (continuously) while the item played."""
+    out = []
+    for s in segs:
+        rs = [r for r in results if s["start"] <= r["t"] < s["end"]]
+        right = [r["state"] == "tracking" and r.get("piece") == s["piece"] for r in rs]
+        stay = None
+        for r, ok in zip(reversed(rs), reversed(right)):
+            if not ok:
+                break
+            stay = r["t"] - s["start"]
+        first = next((r["t"] - s["start"] for r, ok in zip(rs, right) if ok), None)
+        longest, run0 = 0.0, None
+        for r in rs:
+            wrong = r["state"] == "tracking" and r.get("piece") not in (None, s["piece"])
+            if wrong:
+                run0 = r["t"] if run0 is None else run0
+                longest = max(longest, r["t"] - run0)
+            else:
+                run0 = None
+        out.append({"piece": s["piece"], "take": s["take"], "reidentify_s": stay, "first_named_s": first,
+                    "longest_wrong_s": longest, "error": longest >= wrong_s})
+    return out
+
+
+def evaluate_radio(engine, takes: list[Take], cache: EmbeddingCache, *, medleys: int = 20, config=None,
+                   rng_seed: int = 0, progress=None) -> dict:
+    """Medleys of library pieces back to back (``medley``), streamed without the piece given:
+    re-identification time after each change (the first item included), errors (a wrong piece
+    named for >= 5 s), and position accuracy within each item once its piece is named."""
+    rng = np.random.default_rng(rng_seed)
+    items, per, fol = [], [], []
+    for m in range(medleys):
+        tk, segs = medley(takes, rng, f"radio{m}")
+        ws, emb = cache.get(tk)
+        res, _ = run_take(engine, ws, emb, piece=None, config=config)
+        its = radio_items(res, segs)
+        for s, it in zip(segs, its):
+            if it["first_named_s"] is not None:
+                e = follow_errors(res, [e for e in tk.events if s["start"] <= e[0] < s["end"]], piece=s["piece"],
+                                  start=s["start"] + it["first_named_s"], end=s["end"])
+                fol.append(e)
+        items += its
+        per.append({"medley": tk.name, "items": [{**s, **it} for s, it in zip(segs, its)]})
+        if progress:
+            progress(m + 1, medleys, its)
+    later = [it for k, it in enumerate(items) if k % RADIO_ITEMS]           # after a change (not a stream's start)
+    def summary(its):
+        v = np.array([np.inf if it["reidentify_s"] is None else it["reidentify_s"] for it in its])
+        return {"items": len(its), "median_reidentify_s": float(np.median(v)) if len(v) else None,
+                "p90_reidentify_s": float(np.quantile(v, 0.9, method="higher")) if len(v) else None,
+                "never": int(np.isinf(v).sum()), "errors": int(sum(it["error"] for it in its)),
+                "error_share": float(np.mean([it["error"] for it in its])) if its else 0.0}
+    allerr = np.concatenate(fol) if fol else np.zeros(0)
+    return {"medleys": medleys, "item_s": RADIO_ITEM_S, "gap_s": list(RADIO_GAP_S), "wrong_s": RADIO_WRONG_S,
+            "all_items": summary(items), "after_change": summary(later),
+            "follow_once_named": follow_summary(allerr), "per_medley": per}
