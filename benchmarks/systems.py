@@ -425,8 +425,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     parts = set(a.parts.split(","))
     a.out.mkdir(parents=True, exist_ok=True)
-    res: dict = {"machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                             "cores_used": 1}, "targets": TARGETS}
+    res: dict = {}
+    old = a.out / "systems.json"
+    if old.is_file() and parts != {"engraved", "joplin", "vienna"}:
+        res = json.loads(old.read_text())          # a partial rerun keeps the other parts' results
+    res.update({"machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+                            "cores_used": 1}, "targets": TARGETS})
     if "engraved" in parts:
         r = run_engraved(a.data, a.scores, a.seed, a.workers, a.max_pages, a.scan_pages)
         res["engrave_errors"] = r["errors"]
