@@ -85,6 +85,7 @@ class TrackerConfig:
     start_prior: float = 0.5
     library_null_weight: float = 1.0
     evidence_allowance_nats: float = 1.5
+    reset_on_change: bool = True
     gate: bool = True
 
 
@@ -196,6 +197,7 @@ class Tracker:
         self.announced_page: tuple[int, int] | None = None   # (piece index, page) a page_turn was raised for
         self.shown_page: tuple[int, int] | None = None
         self.last_report_x: float | None = None
+        self.change_t: float | None = None       # window centre of the last "lost" (a change of piece)
         if self.fixed is not None:
             self.cands[self.fixed.index] = _Candidate(self.fixed, self.cfg.nominal_px_s, self.cfg.start_prior)
         self.windows_seen = 0
@@ -300,6 +302,8 @@ class Tracker:
         from_start = self.windows_seen <= len(self.history)       # the stream began inside the history
         c = _Candidate(piece, self.cfg.nominal_px_s, self.cfg.start_prior if from_start else 0.0)
         hist = list(self.history)[:-1]
+        if self.cfg.reset_on_change and self.change_t is not None:
+            hist = [h for h in hist if h.t_centre > self.change_t]     # not the audio of the piece before
         for h in hist:
             self._step(c, h, h.steps * self.engine.stride_s)
             self._observe_track(c, h)
@@ -414,6 +418,13 @@ class Tracker:
                     self.tracked = best
         if prev is not None and prev != self.tracked:
             events.append(Event("lost", t, eng.pieces[prev].id))
+            if cfg.reset_on_change:
+                # a change of piece (radio): the other candidates' negative evidence was gathered
+                # while the lost piece explained the audio; it says nothing about the new music
+                self.change_t = t_c
+                for i, c in self.cands.items():
+                    if i != prev:
+                        c.llr = max(c.llr, 0.0)
             self.announced_page = self.shown_page = None
             self.last_report_x = None
         if self.tracked is not None and prev != self.tracked:
