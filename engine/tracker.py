@@ -86,6 +86,7 @@ class TrackerConfig:
     library_null_weight: float = 1.0
     evidence_allowance_nats: float = 1.5
     reset_on_change: bool = True
+    silence_hold_s: float | None = 8.0
     gate: bool = True
 
 
@@ -166,6 +167,7 @@ class _Seen:
     music: bool
     ref: float
     log_bg: float
+    stopped: bool = False        # silence or noise (not a steady held chord): the music may have stopped
 
 
 class Tracker:
@@ -194,6 +196,7 @@ class Tracker:
         self.dropped = 0
         self.music_seen = False
         self.last_music_t: float | None = None
+        self.last_music_tc: float | None = None   # window centre of the newest music window
         self.announced_page: tuple[int, int] | None = None   # (piece index, page) a page_turn was raised for
         self.shown_page: tuple[int, int] | None = None
         self.last_report_x: float | None = None
@@ -221,9 +224,11 @@ class Tracker:
         self.windows_seen += 1
         dt = steps * eng.stride_s
         t_c = float(window.centre_time) if hasattr(window, "centre_time") else float(window.t) - eng.window_lead_s
-        music = True
+        music, stopped = True, False
         if cfg.gate:
-            music = gate_features(window.spec, self.gate_cfg).is_music(self.gate_cfg)
+            feats = gate_features(window.spec, self.gate_cfg)
+            why = feats.reason(self.gate_cfg)
+            music, stopped = why is None, why in ("silence", "noise")
         q = np.asarray(embedding, np.float32).ravel()
         q = q / max(float(np.linalg.norm(q)), 1e-8)
 
@@ -231,6 +236,7 @@ class Tracker:
         if music and eng.size:
             self.music_seen = True
             self.last_music_t = float(window.t)
+            self.last_music_tc = t_c
             if self.fixed is None:
                 scores, ids = eng.index.search(q[None], min(cfg.knn, eng.size))
                 scores, ids = scores[0], ids[0]
@@ -244,7 +250,7 @@ class Tracker:
         elif self.fixed is None:
             self.votes *= 0.5 ** (dt / cfg.vote_half_life_s)
 
-        seen = _Seen(steps, t_c, q, music, ref, log_bg)
+        seen = _Seen(steps, t_c, q, music, ref, log_bg, stopped)
         self.history.append(seen)
         if self.fixed is None and music:
             self._refresh_candidates()
@@ -325,6 +331,13 @@ class Tracker:
         p = c.piece
         if not h.music:                      # silence / noise: no evidence, the position waits
             c.llr *= 0.5 ** (dt / cfg.llr_half_life_s)
+            hold = cfg.silence_hold_s
+            if (hold is not None and h.stopped and self.fixed is None and self.last_music_tc is not None
+                    and h.t_centre - self.last_music_tc > hold):
+                # silence or noise longer than the hold: the music has stopped; like a window of no
+                # evidence, it costs the allowance, so the piece is let go a few seconds later (a
+                # steady held chord is not "stopped")
+                c.llr = max(cfg.llr_min, c.llr - cfg.evidence_allowance_nats * max(1, h.steps))
             return
         delta = c.tempo_px_s * dt / p.hop_px
         sd = max(cfg.advance_sd_min_states, cfg.advance_sd * delta)

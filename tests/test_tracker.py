@@ -111,6 +111,26 @@ def test_speech_and_silence_stay_unknown(engine):
             assert all(r["state"] == "unknown" for r in res), name
 
 
+def test_silence_after_a_piece_lets_it_go(engine, test_library):  # noqa: F811
+    """A short pause holds the piece; when the music has stopped (30 s of digital silence after
+    the piece) the stream goes back to unknown within ~15 s instead of tracking on."""
+    wav, frames, sr = _audio(test_library, PIANO)
+    end = len(frames) / sr
+    pause = np.zeros((2 * sr, frames.shape[1]), np.float32)
+    silence = np.zeros((30 * sr, frames.shape[1]), np.float32)
+    res = _follow(engine, np.concatenate([frames, silence]), sr)
+    assert any(r["state"] == "tracking" and r["piece"] == PIANO for r in res if r["t"] < end)
+    late = [r for r in res if r["t"] >= end + 16.0]
+    assert late and all(r["state"] == "unknown" and r["piece"] is None for r in late)
+    assert any(e["kind"] == "lost" and e["piece"] == PIANO for r in res for e in r["events"])
+    # a 2 s pause in the middle (a fermata, a page turn) keeps the piece
+    mid = int(0.5 * len(frames))
+    res = _follow(engine, np.concatenate([frames[:mid], pause, frames[mid:]]), sr)
+    t_mid = mid / sr
+    around = [r for r in res if t_mid - 1.0 <= r["t"] <= t_mid + 3.0]
+    assert around and all(r["state"] == "tracking" and r["piece"] == PIANO for r in around)
+
+
 def test_results_are_causal(engine, test_library):  # noqa: F811
     """Feeding the first N seconds gives the same results up to N as feeding the whole file."""
     _, frames, sr = _audio(test_library, PIANO)
