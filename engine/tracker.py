@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine, PieceModel
 
 MODE_HALF_WIDTH = 3           # snippets either side of the posterior mode averaged for the position
+HYSTERESIS_HALF_WIDTH = 8     # snippets either side of a mode whose belief is compared (hysteresis)
 MIN_TEMPO_POINTS = 8          # positions needed before the slope replaces the nominal tempo
 MIN_TEMPO_SPAN_S = 2.0        # ... spanning at least this much audio
 SEARCHING_NATS = 2.0          # a candidate this far above the background: "searching", not "unknown"
@@ -87,6 +88,7 @@ class TrackerConfig:
     evidence_allowance_nats: float = 1.5
     reset_on_change: bool = True
     silence_hold_s: float | None = 8.0
+    mode_hysteresis: float = 2.0
     gate: bool = True
 
 
@@ -143,7 +145,7 @@ def theil_sen_slope(t: np.ndarray, x: np.ndarray) -> float:
 class _Candidate:
     """One piece followed by the forward filter."""
 
-    __slots__ = ("piece", "alpha", "llr", "tempo_px_s", "track", "last_x", "last_t", "jumped", "last_inc")
+    __slots__ = ("piece", "alpha", "llr", "tempo_px_s", "track", "last_x", "last_t", "jumped", "last_inc", "mode_k")
 
     def __init__(self, piece: "PieceModel", nominal_px_s: float, start_prior: float = 0.0) -> None:
         self.piece = piece
@@ -155,6 +157,7 @@ class _Candidate:
         self.last_t: float | None = None
         self.jumped = False
         self.last_inc = 0.0      # evidence of the newest window (nats)
+        self.mode_k: int | None = None   # the state the position was last read at (hysteresis)
 
 
 @dataclass
@@ -372,6 +375,15 @@ class Tracker:
         p = c.piece
         a = c.alpha
         k = int(np.argmax(a))
+        h = self.cfg.mode_hysteresis
+        if h > 1.0 and c.mode_k is not None and abs(k - c.mode_k) > HYSTERESIS_HALF_WIDTH:
+            # two places fit (repetitive music): stay where we were unless the other one holds
+            # ``mode_hysteresis`` times the belief (no flapping between look-alike bars)
+            w = HYSTERESIS_HALF_WIDTH
+            lo0, hi0 = max(0, c.mode_k - w), min(p.n, c.mode_k + w + 1)
+            if a[max(0, k - w):k + w + 1].sum() < h * a[lo0:hi0].sum():
+                k = lo0 + int(np.argmax(a[lo0:hi0]))
+        c.mode_k = k
         lo, hi = max(0, k - MODE_HALF_WIDTH), min(p.n, k + MODE_HALF_WIDTH + 1)
         w = a[lo:hi]
         x = float((w * p.strip_x[lo:hi]).sum() / max(w.sum(), 1e-300))
