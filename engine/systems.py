@@ -79,6 +79,7 @@ class SystemDetectionConfig:
     # staff model
     spacing_tol: float = 0.18  # a staff's 4 line gaps agree within this relative tolerance
     min_staff_width_ss: float = 6.0  # shortest staff accepted, in staff spaces
+    min_lone_staff_share: float = 0.25  # a single-staff system narrower than this share of the widest is ledger lines
     # share of the staff's width where each line must be inked: as a thin line / with any ink
     min_line_coverage: float = 0.15
     min_ink_coverage: float = 0.75
@@ -400,7 +401,20 @@ def detect_systems(page: np.ndarray, config: SystemDetectionConfig = SystemDetec
 
     # ---- 7. systems
     groups = _group_staves(staves, ctx)
-    return [_make_system([staves[i] for i in g], k, ctx) for g in groups]
+    systems = [_make_system([staves[i] for i in g], k, ctx) for g in groups]
+    return _drop_ledger_staves(systems, cfg)
+
+
+def _drop_ledger_staves(systems: list, cfg: SystemDetectionConfig) -> list:
+    """A lone short "staff" next to full systems is the ledger lines of a run of very low or high
+    notes (five or more stacked ledger lines look like a staff): drop single-staff systems narrower
+    than ``min_lone_staff_share`` of the page's widest system. Real short systems (a closing
+    bar, an incipit) are wider than that; a page with only short staves keeps them."""
+    if len(systems) < 2:
+        return systems
+    widest = max(d.bbox[2] - d.bbox[0] for d in systems)
+    keep = [d for d in systems if d.n_staves > 1 or d.bbox[2] - d.bbox[0] >= cfg.min_lone_staff_share * widest]
+    return keep or systems
 
 
 # --------------------------------------------------------------------------- steps

@@ -303,3 +303,20 @@ def test_bad_input():
     with pytest.raises(ValueError):
         detect_systems(np.zeros((100, 100), np.float32))
     assert issubclass(NoStavesError, ValueError)
+
+
+def test_lone_short_staff_is_ledger_lines():
+    """Five stacked ledger lines under a system can look like a short staff: a single-staff
+    "system" far narrower than the page's systems is dropped; a page of short staves keeps them."""
+    from scorestream.engine.systems import DetectedSystem, SystemDetectionConfig, _drop_ledger_staves
+
+    def sysm(x0, x1, y0, n):
+        staves = [(y0 + 80 * i, y0 + 80 * i + 29) for i in range(n)]
+        return DetectedSystem(x0, y0, x1, staves[-1][1], staves=staves)
+
+    cfg = SystemDetectionConfig()
+    page = [sysm(75, 815, 87, 2), sysm(123, 181, 499, 1), sysm(75, 815, 671, 2), sysm(75, 300, 900, 1)]
+    kept = _drop_ledger_staves(page, cfg)
+    assert [d.y0 for d in kept] == [87, 671, 900]           # the 58 px "staff" goes, a 225 px closing staff stays
+    short = [sysm(100, 160, 100, 1), sysm(100, 170, 300, 1)]
+    assert _drop_ledger_staves(short, cfg) == short
