@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scorestream.core.frontend import FrontEndConfig
 from scorestream.streamer.frontend import WindowCutter
 
 from .scoring import follow_errors, follow_summary, identification, tracked_to_end
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 UNKNOWN_STRETCH_S = 10.0
 RELOCK_WITHIN_S = 1.0
+FPS = FrontEndConfig().fps      # spectrogram frames per second of the corpus takes
 
 
 @dataclass
@@ -155,7 +157,7 @@ def evaluate_unknown(engine, takes: list[Take], cache: EmbeddingCache, *, config
 def splice(take: Take, cut_at_s: float, resume_at_s: float, name: str) -> tuple[Take, float]:
     """The take played up to ``cut_at_s`` then from ``resume_at_s`` on (a jump back if
     resume < cut, forward otherwise); returns the spliced take and the splice time."""
-    fps = 20
+    fps = FPS
     a, b = int(round(cut_at_s * fps)), int(round(resume_at_s * fps))
     frames = np.concatenate([take.frames[:a], take.frames[b:]])
     shift = (a - b) / fps
@@ -169,7 +171,7 @@ def evaluate_structure(engine, takes: list[Take], cache: EmbeddingCache, *, conf
     rng = np.random.default_rng(rng_seed)
     relock = {"back": [], "forward": []}
     for tk in takes:
-        dur = len(tk.frames) / 20
+        dur = len(tk.frames) / FPS
         if dur < 60:
             continue
         for kind in ("back", "forward"):
@@ -207,7 +209,7 @@ RADIO_WRONG_S = 5.0             # a wrong piece named this long (continuously) i
 
 def silence_frames(seconds: float) -> np.ndarray:
     """Spectrogram frames of digital silence, through the same front end as the corpus."""
-    from scorestream.core.frontend import FrontEndConfig, spectrogram
+    from scorestream.core.frontend import spectrogram
 
     cfg = FrontEndConfig()
     n = int(round(seconds * cfg.fps))
@@ -221,7 +223,7 @@ def medley(takes: list[Take], rng: np.random.Generator, name: str, *, items: int
     """A radio hour in miniature: ``items`` different takes, ``item_s`` seconds of each from a
     random point in the piece, hard cuts, ``gap_s`` of silence between them.  Returns the medley
     (events shifted to medley time) and its items ``{piece, start, end}`` in medley seconds."""
-    fps = 20
+    fps = FPS
     picks = rng.choice(len(takes), size=min(items, len(takes)), replace=False)
     parts, events, segs, t = [], [], [], 0.0
     for k, i in enumerate(picks):

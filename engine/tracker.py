@@ -371,7 +371,9 @@ class Tracker:
             c.llr = min(cfg.llr_max, max(cfg.llr_min, c.llr * 0.5 ** (dt / cfg.llr_half_life_s) + inc))
 
     def _mode_x(self, c: _Candidate) -> tuple[float, int, float]:
-        """(strip x at the window centre, mode state, posterior mass in the mode's system)."""
+        """(strip x at the window centre, mode state, posterior mass in the mode's system).
+        Remembers the mode it read (``c.mode_k``) for the hysteresis: a second call on the same
+        belief gives the same answer."""
         p = c.piece
         a = c.alpha
         k = int(np.argmax(a))
