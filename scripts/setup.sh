@@ -14,6 +14,8 @@ APT_PACKAGES=(
   musescore-general-soundfont    # MuseScore_General (held-out test timbre)
   mosquitto                      # MQTT broker for monitoring consumers and tests
   chromium                       # headless browser for tests/test_browser.py (driven by playwright, no download)
+  firefox-esr                    # the second browser (tests/test_browser_firefox.py, WebDriver BiDi, no download)
+  pulseaudio                     # a null sound card for Firefox's Web Audio in those tests (started by the test)
   espeak-ng                      # speech for the demo and the "not music" tests
 )
 

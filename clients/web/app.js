@@ -17,6 +17,7 @@
   };
   let ctx = null, node = null, ws = null, source = null, micStream = null, sink = null;
   let turnedAhead = false;
+  const AUDIO_START_TIMEOUT_MS = 3000;          // how long to wait for the browser's audio to start
 
   function setConn(text, on) { $("conn").textContent = text; $("conn").classList.toggle("on", !!on); }
   function setMessage(text) { $("message").textContent = text || ""; }
@@ -127,9 +128,19 @@
   async function audioGraph() {
     if (!ctx) {
       ctx = new AudioContext();
+      ctx.onstatechange = () => {
+        if (ctx.state === "running" && $("message").textContent.includes("audio has not started")) setMessage("");
+      };
       await ctx.audioWorklet.addModule("worklet.js");
     }
-    if (ctx.state === "suspended") await ctx.resume();
+    if (ctx.state !== "running") {
+      // Firefox starts a context only once an audio output device opens, and its resume() may never
+      // settle without one: wait a little, then go on and say why nothing may be sent.
+      const started = await Promise.race([ctx.resume().then(() => true, () => false),
+                                          new Promise((r) => setTimeout(() => r(false), AUDIO_START_TIMEOUT_MS))]);
+      if (!started && ctx.state !== "running")
+        setMessage("the browser's audio has not started (no audio output device?); streaming begins when it does");
+    }
     node = new AudioWorkletNode(ctx, "pcm-sender", { processorOptions: { blockMs: 100 } });
     node.port.onmessage = (e) => {
       if (ws && ws.readyState === WebSocket.OPEN && S.ready) { ws.send(e.data); S.sent += e.data.byteLength / 4; }
