@@ -43,8 +43,9 @@ def main(argv=None) -> int:
     ap.add_argument("--perf", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--modes", nargs="+", default=["piece", "identify", "unknown", "structure"],
-                    help="piece identify unknown structure radio")
+                    help="piece identify unknown nonmusic after structure radio")
     ap.add_argument("--unknown-corpus-split", default=None, help="pieces of this split (not in the library) as out-of-library audio")
+    ap.add_argument("--nonmusic-items", type=int, default=2, help="nonmusic mode: takes of 60 s per kind")
     ap.add_argument("--medleys", type=int, default=20, help="radio mode: medleys of 4 pieces x 45 s")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="tracker setting override")
     ap.add_argument("--cache", default=str(REPO / "data" / "eval_cache"))
@@ -71,6 +72,10 @@ def main(argv=None) -> int:
             split = a.unknown_corpus_split or ("test" if a.split != "test" else "valid")
             out_ids = [p for p in corpus.piece_ids(split) if p not in engine.by_id][: a.limit or 40]
             r = ev.evaluate_unknown(engine, ev.corpus_takes(a.corpus, out_ids, (0,)), cache, config=cfg)
+        elif mode == "nonmusic":
+            r = ev.evaluate_nonmusic(engine, ev.nonmusic_takes(items=a.nonmusic_items), cache, config=cfg)
+        elif mode == "after":
+            r = ev.evaluate_after_piece(engine, [t for t in takes if t.name.endswith("/p0")], cache, config=cfg)
         elif mode == "structure":
             r = ev.evaluate_structure(engine, [t for t in takes if t.name.endswith("/p0")], cache, config=cfg)
         elif mode == "radio":

@@ -104,6 +104,9 @@ class Engine:
         if embedder is not None and hasattr(library, "check_model"):
             library.check_model(embedder)
         self.config = tracker_config or load_tracker_config()
+        from .gate import MusicClassifier
+
+        self.music_classifier = MusicClassifier.load()     # configs/gate.toml (None: fixed thresholds only)
         self.library_embedder = self.embedder
         dims = self._choose_audio_model(self.config.audio_model)
         self.audio_frames = int(self.embedder.audio_frames)

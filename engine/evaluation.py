@@ -17,6 +17,7 @@ through a tracker.  Truth: every performed notehead onset (page, system, notehea
 from __future__ import annotations
 
 import hashlib
+import zlib
 import logging
 import time
 from dataclasses import dataclass
@@ -302,3 +303,74 @@ def evaluate_radio(engine, takes: list[Take], cache: EmbeddingCache, *, medleys:
     return {"medleys": medleys, "item_s": RADIO_ITEM_S, "gap_s": list(RADIO_GAP_S), "wrong_s": RADIO_WRONG_S,
             "all_items": summary(items), "after_change": summary(later),
             "follow_once_named": follow_summary(allerr), "per_medley": per}
+
+
+NONMUSIC_S = 60.0               # seconds of each non-music item
+AFTER_PIECE_MUSIC_S = 40.0      # seconds of the piece before the non-music starts
+AFTER_PIECE_S = 30.0            # seconds of non-music after it
+RELEASE_GRACE_S = 5.0           # a piece still named this long after its music stopped counts as held
+
+
+def nonmusic_takes(kinds=None, *, items: int = 2, seconds: float = NONMUSIC_S, seed: int = 0) -> list[Take]:
+    """``items`` takes of every non-music kind (engine/nonmusic.py), ``seconds`` each."""
+    from . import nonmusic
+
+    out = []
+    for kind in kinds or nonmusic.KINDS:
+        for j in range(items):
+            out.append(Take(f"{kind}/{j}", None, nonmusic.frames(kind, seconds, seed * 1000 + 17 * j + zlib.crc32(kind.encode()) % 997), []))
+    return out
+
+
+def evaluate_nonmusic(engine, takes: list[Take], cache: EmbeddingCache, *, config=None) -> dict:
+    """Speech, noise, applause, silence alone: share of 10 s stretches with a piece named, per kind."""
+    r = evaluate_unknown(engine, takes, cache, config=config)
+    kinds: dict[str, list] = {}
+    for d in r["per_take"]:
+        kinds.setdefault(d["take"].split("/")[0], []).append(d)
+    r["per_kind"] = {k: {"stretches": sum(d["stretches"] for d in v), "false": sum(d["false"] for d in v),
+                         "false_identification_share": sum(d["false"] for d in v) / max(1, sum(d["stretches"] for d in v))}
+                     for k, v in kinds.items()}
+    return r
+
+
+def evaluate_after_piece(engine, takes: list[Take], cache: EmbeddingCache, *, kinds=None, config=None,
+                         music_s: float = AFTER_PIECE_MUSIC_S, after_s: float = AFTER_PIECE_S, seed: int = 0) -> dict:
+    """A library piece (``music_s`` from its start) and then speech / applause / noise / silence
+    (``after_s``): how long the piece is still named after its music stopped (release time:
+    from the end of the music until no piece is named for the rest of the take), and the share
+    of non-music 10 s stretches after the first ``RELEASE_GRACE_S`` in which a piece is named."""
+    from . import nonmusic
+
+    kinds = list(kinds or ("speech_en", "speech_de", "applause", "noise_pink", "silence"))
+    rows = []
+    for i, tk in enumerate(takes):
+        kind = kinds[i % len(kinds)]
+        n = int(round(music_s * FPS))
+        if len(tk.frames) < n:
+            continue
+        tail = nonmusic.frames(kind, after_s, seed * 7919 + i)
+        joined = Take(f"{tk.name}+{kind}", tk.piece, np.concatenate([tk.frames[:n], tail]).astype(np.float32),
+                      [e for e in tk.events if e[0] < music_s])
+        ws, emb = cache.get(joined)
+        res, _ = run_take(engine, ws, emb, piece=None, config=config)
+        end_music = n / FPS
+        named_at_end = any(r["state"] == "tracking" and r["piece"] == tk.piece for r in res if end_music - 2 <= r["t"] < end_music)
+        last_named = max((r["t"] for r in res if r["t"] >= end_music and r["state"] == "tracking"), default=None)
+        release = 0.0 if last_named is None else last_named - end_music + engine.stride_s
+        after = [r for r in res if r["t"] >= end_music + RELEASE_GRACE_S]
+        k = max(1, int((after_s - RELEASE_GRACE_S) // UNKNOWN_STRETCH_S))
+        named = np.zeros(k, bool)
+        for r in after:
+            j = min(k - 1, int((r["t"] - end_music - RELEASE_GRACE_S) // UNKNOWN_STRETCH_S))
+            named[j] |= r["state"] == "tracking"
+        rows.append({"take": joined.name, "kind": kind, "named_at_music_end": named_at_end, "release_s": release,
+                     "stretches": k, "false": int(named.sum())})
+    def summ(rs):
+        rel = np.array([r["release_s"] for r in rs if r["named_at_music_end"]])
+        return {"takes": len(rs), "named_at_music_end": int(sum(r["named_at_music_end"] for r in rs)),
+                "release_median_s": float(np.median(rel)) if len(rel) else None,
+                "release_p90_s": float(np.quantile(rel, 0.9, method="higher")) if len(rel) else None,
+                "false_identification_share": sum(r["false"] for r in rs) / max(1, sum(r["stretches"] for r in rs))}
+    return {"music_s": music_s, "after_s": after_s, "grace_s": RELEASE_GRACE_S, **summ(rows),
+            "per_kind": {kd: summ([r for r in rows if r["kind"] == kd]) for kd in kinds}, "per_take": rows}

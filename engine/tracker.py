@@ -39,7 +39,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .gate import GateConfig, gate_features
+from scorestream.core.frontend import FrontEndConfig
+
+from .gate import GateConfig, MusicClassifier, gate_features, gate_vector
 from .results import Event, Result
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,7 +92,11 @@ class TrackerConfig:
     silence_hold_s: float | None = 8.0
     mode_hysteresis: float = 2.0
     gate: bool = True
+    music_classifier: bool = True
+    nonmusic_hold_s: float | None = 2.0
 
+
+FPS = FrontEndConfig().fps
 
 # --------------------------------------------------------------------------- pure functions
 
@@ -171,6 +177,7 @@ class _Seen:
     ref: float
     log_bg: float
     stopped: bool = False        # silence or noise (not a steady held chord): the music may have stopped
+    why: str | None = None       # the gate's reason: silence, noise, steady, not_music (None: music)
 
 
 class Tracker:
@@ -183,6 +190,7 @@ class Tracker:
         self.log = logger or logging.getLogger("scorestream.tracker")
         self.fixed = engine.by_id[piece] if piece is not None else None
         self.gate_cfg = GateConfig()
+        self.classifier: MusicClassifier | None = getattr(engine, "music_classifier", None) if self.cfg.music_classifier else None
         self._sys_target: dict[int, np.ndarray] = {}
         self.reset()
 
@@ -227,11 +235,14 @@ class Tracker:
         self.windows_seen += 1
         dt = steps * eng.stride_s
         t_c = float(window.centre_time) if hasattr(window, "centre_time") else float(window.t) - eng.window_lead_s
-        music, stopped = True, False
+        music, stopped, why = True, False, None
         if cfg.gate:
             feats = gate_features(window.spec, self.gate_cfg)
             why = feats.reason(self.gate_cfg)
-            music, stopped = why is None, why in ("silence", "noise")
+            if why is None and self.classifier is not None and \
+                    self.classifier.p_not_music(gate_vector(window.spec, FPS)) > self.classifier.threshold:
+                why = "not_music"          # speech, applause, coloured noise (configs/gate.toml)
+            music, stopped = why is None, why in ("silence", "noise", "not_music")
         q = np.asarray(embedding, np.float32).ravel()
         q = q / max(float(np.linalg.norm(q)), 1e-8)
 
@@ -253,7 +264,7 @@ class Tracker:
         elif self.fixed is None:
             self.votes *= 0.5 ** (dt / cfg.vote_half_life_s)
 
-        seen = _Seen(steps, t_c, q, music, ref, log_bg, stopped)
+        seen = _Seen(steps, t_c, q, music, ref, log_bg, stopped, why)
         self.history.append(seen)
         if self.fixed is None and music:
             self._refresh_candidates()
@@ -334,7 +345,8 @@ class Tracker:
         p = c.piece
         if not h.music:                      # silence / noise: no evidence, the position waits
             c.llr *= 0.5 ** (dt / cfg.llr_half_life_s)
-            hold = cfg.silence_hold_s
+            # speech / applause after the music: let go sooner than after silence (a pianist's pause)
+            hold = cfg.silence_hold_s if h.why == "silence" else cfg.nonmusic_hold_s
             if (hold is not None and h.stopped and self.fixed is None and self.last_music_tc is not None
                     and h.t_centre - self.last_music_tc > hold):
                 # silence or noise longer than the hold: the music has stopped; like a window of no

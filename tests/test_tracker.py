@@ -131,6 +131,32 @@ def test_silence_after_a_piece_lets_it_go(engine, test_library):  # noqa: F811
     assert around and all(r["state"] == "tracking" and r["piece"] == PIANO for r in around)
 
 
+def test_speech_and_applause_after_a_piece_let_it_go(engine, test_library):  # noqa: F811
+    """A radio announcer (German, espeak-ng) or applause right after the piece: the piece is let
+    go within a few seconds (the gate's music classifier), not tracked on through the speech."""
+    from scorestream.engine import nonmusic
+
+    _, frames, sr = _audio(test_library, PIANO)
+    end = len(frames) / sr
+    for kind in ("speech_de", "applause"):
+        tail = nonmusic.audio(kind, 20.0, 5, sr)[:, None]
+        res = _follow(engine, np.concatenate([frames, tail]), sr)
+        assert any(r["state"] == "tracking" and r["piece"] == PIANO for r in res if end - 5 < r["t"] < end), kind
+        late = [r for r in res if r["t"] >= end + 10.0]
+        assert late and all(r["state"] != "tracking" and r["piece"] is None for r in late), kind
+        assert any(e["kind"] == "lost" and e["piece"] == PIANO for r in res for e in r["events"]), kind
+
+
+def test_nonmusic_alone_is_never_a_piece(engine):
+    """German and English speech from other voices, brown noise, applause, hum: no piece named."""
+    from scorestream.engine import nonmusic
+
+    sr = mf.SR
+    for kind in ("speech_en", "speech_de", "noise_brown", "applause", "hum"):
+        res = _follow(engine, nonmusic.audio(kind, 20.0, 11, sr)[:, None], sr)
+        assert res and all(r["state"] != "tracking" and r["piece"] is None for r in res), kind
+
+
 def test_results_are_causal(engine, test_library):  # noqa: F811
     """Feeding the first N seconds gives the same results up to N as feeding the whole file."""
     _, frames, sr = _audio(test_library, PIANO)
