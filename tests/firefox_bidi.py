@@ -39,6 +39,17 @@ class BiDiError(RuntimeError):
     pass
 
 
+def _stop(proc: subprocess.Popen | None) -> None:
+    """Terminate a child process (kill it if it does not exit within 10 s)."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 class PulseAudio:
     """A private PulseAudio daemon with a null sink (a sound card that plays to nowhere), on its own
     socket.  Firefox's Web Audio runs only when it can open an output device: without one an
@@ -70,13 +81,7 @@ class PulseAudio:
         return {"PULSE_SERVER": f"unix:{self.socket}"}
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        _stop(self.proc)
         if not self.log.closed:
             self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -163,13 +168,7 @@ class Firefox:
             except Exception:
                 pass
             self.ws = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        _stop(self.proc)
         if self.log and not self.log.closed:
             self.log.close()
         shutil.rmtree(self.profile, ignore_errors=True)
