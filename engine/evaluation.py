@@ -8,7 +8,7 @@ through a tracker.  Truth: every performed notehead onset (page, system, notehea
 * follow: with ``--piece`` given (``mode="piece"``) and without (``mode="identify"``): share
   of results within 0.5 / 1 / 2 s (pooled and mean per piece), share of pieces tracked to
   the end; identification top-1/top-5/MRR after 5, 10, 30 s and time to identify;
-* unknown: audio of pieces that are not in the library (and speech, noise, silence):
+* unknown: audio of pieces that are not in the library (speech, noise, applause, silence: nonmusic, after):
   share of 10 s stretches in which some piece is named;
 * structure: a performance spliced with a jump back / forward: time until the reported
   position is right again (within 1 s) after the splice.
