@@ -46,7 +46,8 @@ VOICES = {"en": ["en", "en-us", "en+f3", "en+m3"], "de": ["de", "de+f2", "de+m2"
 KINDS = ("speech_en", "speech_de", "noise_white", "noise_pink", "noise_brown", "applause", "hum", "silence", "room_tone")
 
 
-def _espeak(text: str, voice: str, speed: int, pitch: int, sr: int) -> np.ndarray:
+def espeak(text: str, sr: int, *, voice: str | None = None, speed: int = 160, pitch: int | None = None) -> np.ndarray:
+    """``text`` spoken by espeak-ng (its default voice unless ``voice``), mono float32 at ``sr``."""
     exe = shutil.which("espeak-ng") or shutil.which("espeak")
     if exe is None:
         raise RuntimeError("espeak-ng is missing: run scripts/setup.sh (Debian package espeak-ng)")
@@ -54,10 +55,10 @@ def _espeak(text: str, voice: str, speed: int, pitch: int, sr: int) -> np.ndarra
 
     from scorestream.core.audio import to_mono_float
 
+    args = [exe, "-s", str(speed)] + (["-v", voice] if voice else []) + (["-p", str(pitch)] if pitch is not None else [])
     with tempfile.TemporaryDirectory() as d:
         f = Path(d) / "s.wav"
-        subprocess.run([exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(f), text],
-                       check=True, capture_output=True)
+        subprocess.run(args + ["-w", str(f), text], check=True, capture_output=True)
         x, r = sf.read(str(f), dtype="float32", always_2d=True)
     return to_mono_float(x, r, target_rate=sr)
 
@@ -72,7 +73,7 @@ def speech(seconds: float, lang: str, rng: np.random.Generator, sr: int, *, voic
     while total < n:
         text = texts[int(rng.integers(len(texts)))]
         voice = voices[int(rng.integers(len(voices)))]
-        y = _espeak(text, voice, int(rng.integers(130, 190)), int(rng.integers(30, 70)), sr)
+        y = espeak(text, sr, voice=voice, speed=int(rng.integers(130, 190)), pitch=int(rng.integers(30, 70)))
         y = y / (np.abs(y).max() + 1e-9) * float(rng.uniform(0.2, 0.7))
         out.append(y)
         out.append(np.zeros(int(rng.uniform(0.2, 0.9) * sr), np.float32))

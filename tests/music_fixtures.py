@@ -23,7 +23,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -234,18 +233,9 @@ def speech(seconds: float = 10.0, sr: int = SR) -> np.ndarray:
     """Spoken English from espeak-ng (the "not music" test), ``seconds`` long."""
     text = ("This is not music. The quick brown fox jumps over the lazy dog. A score follower should say "
             "unknown while somebody talks. Please wait for the next piece, which starts in a moment. ") * 3
-    with tempfile.TemporaryDirectory() as d:
-        f = Path(d) / "speech.wav"
-        exe = shutil.which("espeak-ng") or shutil.which("espeak")
-        if exe is None:
-            raise RuntimeError("espeak-ng is missing: run scripts/setup.sh (Debian package espeak-ng)")
-        subprocess.run([exe, "-w", str(f), "-s", "160", text], check=True, capture_output=True)
-        import soundfile as sf
+    from scorestream.engine.nonmusic import espeak
 
-        x, r = sf.read(str(f), dtype="float32", always_2d=True)
-    from scorestream.core.audio import to_mono_float
-
-    y = to_mono_float(x, r, target_rate=sr)
+    y = espeak(text, sr, speed=160)
     n = int(seconds * sr)
     y = np.tile(y, int(np.ceil(n / len(y))))[:n] if len(y) else np.zeros(n, np.float32)
     return (0.5 * y / (np.abs(y).max() + 1e-9)).astype(np.float32)
