@@ -70,7 +70,7 @@ class TrackerConfig:
     llr_half_life_s: float = 12.0
     llr_max: float = 40.0
     llr_min: float = -20.0
-    unknown_prior_nats: float = 8.0
+    unknown_prior_nats: float = 12.0
     p_track: float = 0.6
     p_lose: float = 0.35
     nominal_px_s: float = 80.0
@@ -87,7 +87,7 @@ class TrackerConfig:
     jump_min_px: float = 300.0
     start_prior: float = 0.5
     library_null_weight: float = 1.0
-    evidence_allowance_nats: float = 1.5
+    evidence_allowance_nats: float = 1.7
     reset_on_change: bool = True
     silence_hold_s: float | None = 8.0
     mode_hysteresis: float = 2.0
