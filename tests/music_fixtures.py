@@ -99,9 +99,9 @@ def cache_root() -> Path:
 def _weights_key() -> str:
     w = ROOT / "models" / "weights"
     h = hashlib.sha256()
-    for f in sorted(w.glob("*.onnx")):
+    for f in sorted(w.glob("*.onnx")):        # the contents: new weights keep the same file size
         h.update(f.name.encode())
-        h.update(str(f.stat().st_size).encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()[:10]
 
 
