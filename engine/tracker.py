@@ -88,7 +88,6 @@ class TrackerConfig:
     start_prior: float = 0.5
     library_null_weight: float = 1.0
     evidence_allowance_nats: float = 1.7
-    cohort_allowance_nats: float | None = None
     reset_on_change: bool = True
     silence_hold_s: float | None = 8.0
     mode_hysteresis: float = 2.0
@@ -179,7 +178,6 @@ class _Seen:
     log_bg: float
     stopped: bool = False        # silence or noise (not a steady held chord): the music may have stopped
     why: str | None = None       # the gate's reason: silence, noise, steady, not_music (None: music)
-    cohort: np.ndarray | None = None   # the followed candidates' raw evidence on this window (cohort null for warm starts)
 
 
 class Tracker:
@@ -271,12 +269,9 @@ class Tracker:
         if self.fixed is None and music:
             self._refresh_candidates()
         events: list[Event] = []
-        cands = list(self.cands.values())
-        for c in cands:
+        for c in list(self.cands.values()):
             self._step(c, seen, dt)
             self._observe_track(c, seen)
-        if music and self.fixed is None:
-            self._accumulate(cands, seen, dt)
         return self._decide(window, t_c, music, events)
 
     # ---- evidence
@@ -330,11 +325,8 @@ class Tracker:
         if self.cfg.reset_on_change and self.change_t is not None:
             hist = [h for h in hist if h.t_centre > self.change_t]     # not the audio of the piece before
         for h in hist:
-            dt = h.steps * self.engine.stride_s
-            self._step(c, h, dt)
+            self._step(c, h, h.steps * self.engine.stride_s)
             self._observe_track(c, h)
-            if h.music:
-                self._accumulate([c], h, dt, replay=True)
         return c
 
     def _jump_target(self, piece: "PieceModel") -> np.ndarray:
@@ -378,38 +370,17 @@ class Tracker:
             return
         c.alpha = pred * lik / lp
         if self.fixed is None:
-            # raw evidence = how much better the alignment predicts than a random snippet of the
-            # library (or, weighted, a random position of the same piece); _accumulate adds it up
+            # evidence = how much better the alignment predicts than a random position of the same
+            # piece (sequential fit; immune to "hub" pieces that resemble everything), optionally
+            # mixed with how much better than a random snippet of the library
             log_own = math.log(max(float(lik.mean()), 1e-300))
             b = cfg.library_null_weight
-            c.last_inc = math.log(lp) - ((1.0 - b) * log_own + b * h.log_bg)
-
-    def _accumulate(self, cands: list[_Candidate], h: _Seen, dt: float, *, replay: bool = False) -> None:
-        """Add one music window's evidence to the candidates' sequential ratios.
-
-        CUSUM-like: only evidence beyond an allowance per window accumulates, so a piece that
-        resembles everything a little ("hub") never builds up a ratio, the right one quickly does.
-        With ``cohort_allowance_nats`` the evidence must also beat the other followed candidates
-        (a cohort null, as in speaker verification): their alignments explain the same audio, so
-        what every candidate gains on it (an unfamiliar recording, a room, a style the model reads
-        poorly, or audio that fits everything a little) cancels, and only standing out counts.
-        ``replay``: a warm start; the cohort is the candidates that were followed on that window."""
-        cfg = self.cfg
-        steps = max(1, h.steps)
-        decay = 0.5 ** (dt / cfg.llr_half_life_s)
-        incs = np.array([c.last_inc for c in cands], np.float64)
-        use_cohort = cfg.cohort_allowance_nats is not None
-        for k, c in enumerate(cands):
-            e = c.last_inc - cfg.evidence_allowance_nats * steps
-            if use_cohort:
-                others = h.cohort if replay else np.delete(incs, k)
-                if others is not None and len(others):
-                    m = float(others.max())
-                    coh = m + math.log(float(np.mean(np.exp(others - m))))      # log-mean-exp: the cohort's likelihood
-                    e = min(e, c.last_inc - coh - cfg.cohort_allowance_nats * steps)
-            c.llr = min(cfg.llr_max, max(cfg.llr_min, c.llr * decay + e))
-        if not replay:
-            h.cohort = incs
+            inc = math.log(lp) - ((1.0 - b) * log_own + b * h.log_bg)
+            c.last_inc = inc
+            # CUSUM-like: only evidence beyond an allowance per window accumulates, so a piece that
+            # resembles everything a little ("hub") never builds up a ratio, the right one quickly does
+            inc -= cfg.evidence_allowance_nats * steps
+            c.llr = min(cfg.llr_max, max(cfg.llr_min, c.llr * 0.5 ** (dt / cfg.llr_half_life_s) + inc))
 
     def _mode_x(self, c: _Candidate) -> tuple[float, int, float]:
         """(strip x at the window centre, mode state, posterior mass in the mode's system).
