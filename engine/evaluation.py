@@ -114,6 +114,9 @@ def evaluate_follow(engine, takes: list[Take], cache: EmbeddingCache, *, mode: s
         d = {"take": tk.name, **s, "tracked_to_end": tracked_to_end(e), "ms_per_update": dt * 1e3}
         if mode != "piece":
             d["identification"] = identification(res, tk.piece)
+            if tk.events:        # "stays" only while the music plays (up to the last onset)
+                d["identification"]["time_to_identify_playing_s"] = identification(
+                    res, tk.piece, end=float(tk.events[-1][0]), checkpoints=())["time_to_identify_s"]
         per.append(d)
         pooled.append(e)
         ms.append(dt * 1e3)
@@ -132,6 +135,9 @@ def evaluate_follow(engine, takes: list[Take], cache: EmbeddingCache, *, mode: s
         tti = [d["identification"]["time_to_identify_s"] for d in per]
         idn["time_to_identify_median_s"] = float(np.median([x if x is not None else np.inf for x in tti]))
         idn["never_identified"] = int(sum(x is None for x in tti))
+        ttp = [d["identification"].get("time_to_identify_playing_s", np.inf) for d in per]
+        idn["time_to_identify_playing_median_s"] = float(np.median([x if x is not None else np.inf for x in ttp]))
+        idn["never_identified_playing"] = int(sum(x is None or x == np.inf for x in ttp))
         out["identification"] = idn
     return out
 

@@ -77,10 +77,13 @@ def tracked_to_end(errors: np.ndarray, tail: float = 0.1, within_s: float = 2.0,
     return bool((a[-k:] <= within_s).mean() >= share)
 
 
-def identification(results: list[dict], piece: str | None, *, start: float = 0.0, checkpoints=(5.0, 10.0, 30.0)) -> dict:
+def identification(results: list[dict], piece: str | None, *, start: float = 0.0, checkpoints=(5.0, 10.0, 30.0),
+                   end: float | None = None) -> dict:
     """Top-1 (the reported piece), top-5 and reciprocal rank (from ``candidates``) at each
-    checkpoint (seconds after ``start``) and the time from which the right piece is reported and stays."""
-    rs = sorted((r for r in results if r["t"] >= start), key=lambda r: r["t"])
+    checkpoint (seconds after ``start``) and the time from which the right piece is reported and stays.
+    ``end``: only results up to this time count for "stays" (the music's last onset: a piece let go
+    after its music has stopped, or on the zero-padded windows that end a stream, was identified)."""
+    rs = sorted((r for r in results if r["t"] >= start and (end is None or r["t"] <= end)), key=lambda r: r["t"])
     out: dict = {}
     for c in checkpoints:
         upto = [r for r in rs if r["t"] <= start + c]

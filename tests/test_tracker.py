@@ -19,7 +19,7 @@ from conftest_server import test_library  # noqa: F401  (session fixture)
 
 from scorestream.core.audio import decode_audio_file
 from scorestream.engine.results import Result
-from scorestream.engine.scoring import follow_errors, follow_summary, truth_index, position_time
+from scorestream.engine.scoring import follow_errors, follow_summary, identification, truth_index, position_time
 
 PIANO = "mozart-k545-1"          # two systems per page: page turns within seconds
 REPEATS = "schumann-polonaise-1"  # has repeats
@@ -205,3 +205,16 @@ def test_scoring_position_time():
     assert position_time(idx, 1, 1, 110.0, 4.4) == 5.0
     assert position_time(idx, 1, 1, 110.0, 1.2) == 1.0
     assert position_time(idx, 1, 2, 110.0, 1.2) is None
+
+
+def test_identification_stays_only_while_the_music_plays():
+    def r(t, piece):
+        return {"t": t, "state": "tracking" if piece else "unknown", "piece": piece, "candidates": []}
+    # named at 3 s, kept through the music (last onset 9 s), let go on the stream's padded last windows
+    res = [r(1.0, None), r(3.0, "a"), r(6.0, "a"), r(9.0, "a"), r(10.0, None), r(10.0, None)]
+    assert identification(res, "a")["time_to_identify_s"] is None
+    assert identification(res, "a", end=9.0)["time_to_identify_s"] == 3.0
+    # a piece lost while its music still plays is not identified, with or without the end
+    res2 = [r(1.0, "a"), r(5.0, None), r(8.0, "b"), r(9.0, "b")]
+    assert identification(res2, "a", end=9.0)["time_to_identify_s"] is None
+    assert identification(res2, "a", end=9.0)["5s"]["top1"] is False
