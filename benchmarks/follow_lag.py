@@ -4,6 +4,10 @@ carried forward with the tempo estimate).  Piece given, corpus takes.
 
     python benchmarks/follow_lag.py --library data/lib_valid --split valid --limit 25 \
         [--corpus data/corpus] [--out benchmarks/results/follow_lag_valid]
+    python benchmarks/follow_lag.py --vienna 8 --out benchmarks/results/follow_lag_vienna   # real timing, real scans
+
+``--vienna N``: instead, the first N pianists of each Vienna 4x22 piece against the library of
+the scans (benchmarks/real_vienna.py builds and caches both), scored at system level.
 
 Both are scored with the same truth (engine/scoring.py: the reported page/system/x turned into
 a performed time, compared with the time the result is about): the causal result against
@@ -85,17 +89,76 @@ def score(engine, recs, kind: str, span_s: float | None = None) -> dict:
     return follow_summary(np.concatenate(errs) if errs else np.zeros(0))
 
 
+def vienna(n_takes: int, out: str | None) -> int:
+    """System-level version on real timing and real scans (benchmarks/real_vienna.py's data and truth)."""
+    import real_vienna as rv
+
+    fx = json.loads(rv.FIXTURE.read_text())
+    src = Path("/work/shared/data") / "vienna4x22"
+    lib = REPO / "data" / "lib_vienna"
+    rv.ensure_library(lib, src / "pdf", fx)
+    engine = Engine(Library.open(lib))
+    cache = REPO / "data" / "real_vienna"
+    tot = {k: {"results": 0, "system_right": 0, "within_1_system": 0} for k in ("t", "centre")}
+    takes = 0
+    for name, p in fx["pieces"].items():
+        pm = engine.by_id[p["library_id"]]
+        order = {(int(s.page), int(s.system)): k for k, s in enumerate(pm.systems)}
+        for mp in sorted((src / "match").glob(f"{name}_p*.match"))[:n_takes]:
+            match = rv.read_match(mp)
+            onsets, truth = rv.truth_events(match, p)
+            audio, sr = rv.render_take(match, src / "midi", cache / "audio")
+            ws, emb = rv.windows_and_embeddings(engine, audio, sr, cache / "emb", mp.stem)
+            tr = engine.new_tracker(pm.id)
+            at_t, at_c = [], []
+            for w, e in zip(ws, emb):
+                r = tr.update(w, e).to_json()
+                x_c, _, _ = tr._mode_x(tr.cands[pm.index])
+                loc = pm.locate(x_c)
+                at_t.append(r)
+                at_c.append({**r, "t": float(w.t) - engine.window_lead_s, "page": loc["page"], "system": loc["system"]})
+            for k, res in (("t", at_t), ("centre", at_c)):
+                d = rv.score_take(res, onsets, truth, pm.id, order)["counts"]
+                for m in tot[k]:
+                    tot[k][m] += d[m]
+            takes += 1
+            print(f"[{takes}] {mp.stem}", flush=True)
+    rows = {k: {m: v / max(c["results"], 1) for m, v in c.items() if m != "results"} | {"results": c["results"]}
+            for k, c in tot.items()}
+    res = {"benchmark": "follow_lag_vienna", "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "takes": takes,
+           "audio_model": engine.config.audio_model, "look_ahead_s": engine.window_lead_s, "rows": rows}
+    lines = ["# Following error on real timing and real scans: the window centre vs the present (Vienna 4x22, piece given)", "",
+             f"`python benchmarks/follow_lag.py --vienna {n_takes}`  ", f"{res['date']}; {takes} takes; audio model "
+             f"{res['audio_model']}, look-ahead {res['look_ahead_s']:.2f} s; truth as benchmarks/real_vienna.py", "",
+             "| reported | results | system right | within 1 system |", "|---|---|---|---|"]
+    for k, what in (("t", "causal result at t (shipped)"), ("centre", "position at the window centre")):
+        r = rows[k]
+        lines.append(f"| {what} | {r['results']} | {100 * r['system_right']:.1f} % | {100 * r['within_1_system']:.1f} % |")
+        print(lines[-1])
+    if out:
+        o = Path(out)
+        o.with_suffix(".json").write_text(json.dumps(res, indent=1))
+        o.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", default=str(REPO / "data" / "corpus"))
-    ap.add_argument("--library", required=True)
+    ap.add_argument("--library", default=None, help="library of the split's pieces (required without --vienna)")
     ap.add_argument("--split", default="valid")
     ap.add_argument("--limit", type=int, default=25)
     ap.add_argument("--cache", default=str(REPO / "data" / "eval_cache"))
     ap.add_argument("--out", default=None, help="writes OUT.json and OUT.md")
+    ap.add_argument("--vienna", type=int, default=None, metavar="N", help="Vienna 4x22 instead: first N pianists per piece")
     a = ap.parse_args(argv)
+    if a.vienna:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        return vienna(a.vienna, a.out)
     from scorestream.models.corpus.reader import Corpus
 
+    if not a.library:
+        ap.error("--library is required (or --vienna N)")
     engine = Engine(Library.open(a.library))
     cache = ev.EmbeddingCache(engine, a.cache)
     ids = [p for p in Corpus(a.corpus).piece_ids(a.split) if p in engine.by_id][: a.limit]

@@ -51,6 +51,9 @@ def _follow_rows(tag: str, r: dict | None) -> list[str]:
             rows.append(f"| {tag} | identify, {r.get('pieces_in_library')} pieces | top-1 after 5 / 10 / 30 s | {cells} | >= 97 % at 10 s (>= 1,000 pieces) |")
             rows.append(f"| {tag} | identify | median time to identify; never | {_s(idn['time_to_identify_median_s'])}; "
                         f"{idn['never_identified']} | <= 4 s |")
+            if "time_to_identify_playing_median_s" in idn:
+                rows.append(f"| {tag} | identify, 'stays' only while the music plays | median time to identify; never | "
+                            f"{_s(idn['time_to_identify_playing_median_s'])}; {idn['never_identified_playing']} | <= 4 s |")
     u = r.get("unknown")
     if u:
         rows.append(f"| {tag} | unknown: {u['takes']} takes of pieces not in the library | 10 s stretches with a piece named | "
