@@ -28,7 +28,7 @@ import numpy as np
 from scorestream.core.frontend import FrontEndConfig
 from scorestream.streamer.frontend import WindowCutter
 
-from .scoring import follow_errors, follow_summary, identification, tracked_to_end
+from .scoring import follow_errors, follow_summary, identification, page_turn_summary, page_turns, tracked_to_end
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ def evaluate_follow(engine, takes: list[Take], cache: EmbeddingCache, *, mode: s
         res, dt = run_take(engine, ws, emb, piece=tk.piece if mode == "piece" else None, config=config)
         e = follow_errors(res, tk.events, piece=tk.piece)
         s = follow_summary(e)
-        d = {"take": tk.name, **s, "tracked_to_end": tracked_to_end(e), "ms_per_update": dt * 1e3}
+        d = {"take": tk.name, **s, "tracked_to_end": tracked_to_end(e), "ms_per_update": dt * 1e3,
+             "page_turns": page_turns(res, tk.events, piece=tk.piece)}
         if mode != "piece":
             d["identification"] = identification(res, tk.piece)
             if tk.events:        # "stays" only while the music plays (up to the last onset)
@@ -126,7 +127,8 @@ def evaluate_follow(engine, takes: list[Take], cache: EmbeddingCache, *, mode: s
     out = {"mode": mode, "takes": len(takes), "pooled": follow_summary(allerr),
            "mean_per_take": {k: float(np.mean([d[k] for d in per])) for k in ("within_0.5s", "within_1s", "within_2s")} if per else {},
            "tracked_to_end": float(np.mean([d["tracked_to_end"] for d in per])) if per else 0.0,
-           "ms_per_update_median": float(np.median(ms)) if ms else None, "per_take": per}
+           "ms_per_update_median": float(np.median(ms)) if ms else None,
+           "page_turns": page_turn_summary([d["page_turns"] for d in per]), "per_take": per}
     if mode != "piece" and per:
         idn = {}
         for c in ("5s", "10s", "30s"):

@@ -104,3 +104,54 @@ def identification(results: list[dict], piece: str | None, *, start: float = 0.0
             break
     out["time_to_identify_s"] = stay
     return out
+
+
+PAGE_TURN_EARLY_S = 3.0     # a turn raised up to this long before the first note of the new page is on time
+PAGE_TURN_MATCH_S = (8.0, 4.0)  # a turn to the right page from 8 s before to 4 s after the change belongs to it
+
+
+def page_changes(events: list) -> list[tuple[float, int]]:
+    """(time of the first performed note on the new page, new page) for every change of page in
+    performed order (repeats that go back a page included)."""
+    ev = sorted(events, key=lambda e: e[0])
+    return [(float(b[0]), int(b[1])) for a, b in zip(ev, ev[1:]) if int(b[1]) != int(a[1])]
+
+
+def page_turns(results: list[dict], events: list, *, piece: str) -> dict:
+    """The page turner's view: for each true change of page, the ``page_turn`` event to that page
+    nearest before it (else the first after it) within PAGE_TURN_MATCH_S; its lead = change time -
+    event time (> 0: raised before the first note of the new page).  On time: 0 <= lead <=
+    PAGE_TURN_EARLY_S; early: raised sooner (the last system is hidden while still played);
+    late: after the first note; missed: none.  Spurious: page_turn events of the piece that
+    belong to no change (a page shown that the music is not on)."""
+    turns = [(float(e["t"]), int(e["page"])) for r in results for e in (r.get("events") or [])
+             if e.get("kind") == "page_turn" and e.get("piece") == piece and e.get("page") is not None]
+    used = set()
+    leads = []
+    for T, page in page_changes(events):
+        cand = [(i, T - t) for i, (t, p) in enumerate(turns)
+                if p == page and i not in used and -PAGE_TURN_MATCH_S[1] <= T - t <= PAGE_TURN_MATCH_S[0]]
+        if not cand:
+            leads.append(None)
+            continue
+        before = [c for c in cand if c[1] >= 0]
+        i, lead = min(before, key=lambda c: c[1]) if before else max(cand, key=lambda c: c[1])
+        used.add(i)
+        leads.append(lead)
+    got = [x for x in leads if x is not None]
+    return {"changes": len(leads), "on_time": sum(0.0 <= x <= PAGE_TURN_EARLY_S for x in got),
+            "early": sum(x > PAGE_TURN_EARLY_S for x in got), "late": sum(x < 0.0 for x in got),
+            "missed": sum(x is None for x in leads), "spurious": len(turns) - len(used),
+            "leads_s": [round(x, 3) for x in got]}
+
+
+def page_turn_summary(per_take: list[dict]) -> dict:
+    """Pooled page-turn counts and shares over takes (``page_turns`` results)."""
+    n = sum(d["changes"] for d in per_take)
+    leads = [x for d in per_take for x in d["leads_s"]]
+    out = {"changes": n, "takes": len(per_take)}
+    for k in ("on_time", "early", "late", "missed"):
+        out[k] = sum(d[k] for d in per_take) / max(n, 1)
+    out["spurious_per_take"] = sum(d["spurious"] for d in per_take) / max(len(per_take), 1)
+    out["lead_median_s"] = float(np.median(leads)) if leads else None
+    return out

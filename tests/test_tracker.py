@@ -19,7 +19,7 @@ from conftest_server import test_library  # noqa: F401  (session fixture)
 
 from scorestream.core.audio import decode_audio_file
 from scorestream.engine.results import Result
-from scorestream.engine.scoring import follow_errors, follow_summary, identification, truth_index, position_time
+from scorestream.engine.scoring import follow_errors, follow_summary, identification, page_turns, truth_index, position_time
 
 PIANO = "mozart-k545-1"          # two systems per page: page turns within seconds
 REPEATS = "schumann-polonaise-1"  # has repeats
@@ -218,3 +218,18 @@ def test_identification_stays_only_while_the_music_plays():
     res2 = [r(1.0, "a"), r(5.0, None), r(8.0, "b"), r(9.0, "b")]
     assert identification(res2, "a", end=9.0)["time_to_identify_s"] is None
     assert identification(res2, "a", end=9.0)["5s"]["top1"] is False
+
+
+def test_page_turns_are_scored_against_the_first_note_of_each_page():
+    # onsets: page 1 until 9 s, page 2 from 10 s, back to page 1 (a repeat) at 20 s
+    ev = [[t, 1, 1, 50.0] for t in range(0, 10)] + [[t, 2, 1, 50.0] for t in range(10, 20)] + [[20.0, 1, 1, 50.0]]
+
+    def r(t, *turns):
+        return {"t": t, "events": [{"kind": "page_turn", "t": t, "piece": "a", "page": p} for p in turns]}
+    on_time = page_turns([r(8.5, 2), r(19.0, 1)], ev, piece="a")
+    assert (on_time["changes"], on_time["on_time"], on_time["missed"], on_time["spurious"]) == (2, 2, 0, 0)
+    assert on_time["leads_s"] == [1.5, 1.0]
+    late_and_wrong = page_turns([r(11.0, 2), r(14.0, 3)], ev, piece="a")
+    assert (late_and_wrong["late"], late_and_wrong["missed"], late_and_wrong["spurious"]) == (1, 1, 1)
+    early = page_turns([r(3.0, 2), r(8.0, 2)], ev, piece="a")       # the nearest turn before the change counts
+    assert (early["on_time"], early["early"], early["spurious"]) == (1, 0, 1)
