@@ -45,6 +45,11 @@ def _follow_rows(tag: str, r: dict | None) -> list[str]:
         rows.append(f"| {tag} | follow, {what} ({m['takes']} takes) | within 0.5 / 1 / 2 s | "
                     f"{_pct(p['within_0.5s'])} / {_pct(p['within_1s'])} / {_pct(p['within_2s'])} | >= 92 % / >= 97 % / – |")
         rows.append(f"| {tag} | follow, {what} | tracked to the end | {_pct(m['tracked_to_end'])} | >= 95 % |")
+        pt = m.get("page_turns")
+        if pt:
+            rows.append(f"| {tag} | page turns, {what} ({pt['changes']} page changes) | on time (0-3 s ahead) / early / late / "
+                        f"missed; spurious per take | {_pct(pt['on_time'])} / {_pct(pt['early'])} / {_pct(pt['late'])} / "
+                        f"{_pct(pt['missed'])}; {pt['spurious_per_take']:.1f} | – |")
         idn = m.get("identification")
         if idn:
             cells = " / ".join(_pct(idn[c]["top1"]) if idn.get(c) else "–" for c in ("5s", "10s", "30s"))
@@ -82,6 +87,9 @@ def markdown(folder: Path) -> str:
     valid = _load(folder, "tracker_valid.json") or {}
     valid.update({k: v for k, v in (_load(folder, "tracker_valid_radio.json") or {}).items() if k == "radio"})
     rows += _follow_rows("valid (selection)", valid)
+    # this machine's rebuild of the valid corpus and library (2026-12-07): page turns, identify while playing
+    rows += _follow_rows("valid, rebuilt corpus (40 takes p0)", _load(folder, "tracker_valid_piece_p0_pageturns.json"))
+    rows += _follow_rows("valid, rebuilt corpus", _load(folder, "tracker_valid_identify_rebuilt.json"))
     v = _load(folder, "real_vienna.json")
     if v:
         tag = f"Vienna 4x22 (real timing, real scans; {v['takes']} takes)"
