@@ -89,12 +89,12 @@ def score(engine, recs, kind: str, span_s: float | None = None) -> dict:
     return follow_summary(np.concatenate(errs) if errs else np.zeros(0))
 
 
-def vienna(n_takes: int, out: str | None) -> int:
+def vienna(n_takes: int, out: str | None, data: str) -> int:
     """System-level version on real timing and real scans (benchmarks/real_vienna.py's data and truth)."""
     import real_vienna as rv
 
     fx = json.loads(rv.FIXTURE.read_text())
-    src = Path("/work/shared/data") / "vienna4x22"
+    src = Path(data) / "vienna4x22"
     lib = REPO / "data" / "lib_vienna"
     rv.ensure_library(lib, src / "pdf", fx)
     engine = Engine(Library.open(lib))
@@ -150,11 +150,12 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=25)
     ap.add_argument("--cache", default=str(REPO / "data" / "eval_cache"))
     ap.add_argument("--out", default=None, help="writes OUT.json and OUT.md")
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder holding vienna4x22/ (with --vienna)")
     ap.add_argument("--vienna", type=int, default=None, metavar="N", help="Vienna 4x22 instead: first N pianists per piece")
     a = ap.parse_args(argv)
     if a.vienna:
         sys.path.insert(0, str(REPO / "benchmarks"))
-        return vienna(a.vienna, a.out)
+        return vienna(a.vienna, a.out, a.data)
     from scorestream.models.corpus.reader import Corpus
 
     if not a.library:

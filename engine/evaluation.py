@@ -137,9 +137,9 @@ def evaluate_follow(engine, takes: list[Take], cache: EmbeddingCache, *, mode: s
         tti = [d["identification"]["time_to_identify_s"] for d in per]
         idn["time_to_identify_median_s"] = float(np.median([x if x is not None else np.inf for x in tti]))
         idn["never_identified"] = int(sum(x is None for x in tti))
-        ttp = [d["identification"].get("time_to_identify_playing_s", np.inf) for d in per]
+        ttp = [d["identification"].get("time_to_identify_playing_s") for d in per]
         idn["time_to_identify_playing_median_s"] = float(np.median([x if x is not None else np.inf for x in ttp]))
-        idn["never_identified_playing"] = int(sum(x is None or x == np.inf for x in ttp))
+        idn["never_identified_playing"] = int(sum(x is None for x in ttp))
         out["identification"] = idn
     return out
 
