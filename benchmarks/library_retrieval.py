@@ -34,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scorestream.core.geometry import audio_windows  # noqa: E402
+from scorestream.models.embedder import audio_windows_at  # noqa: E402
 from scorestream.engine.engine import Engine  # noqa: E402
 from scorestream.engine.library import Library, embed_strip, snippet_positions  # noqa: E402
 from scorestream.models.corpus.reader import Corpus  # noqa: E402
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         pm = eng.by_id[pid]
         spec, _ = cp.performance(0)
         pr = cp.pairs(0)
-        q = emb.embed_audio(audio_windows(spec, pr.frame, eng.audio_frames))
+        q = emb.embed_audio(audio_windows_at(emb, spec, pr.frame))
         Q.append(q)
         P.append(np.full(len(q), n))
         TX_truth.append(pr.strip_x)

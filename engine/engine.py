@@ -112,7 +112,11 @@ class Engine:
         self.audio_frames = int(self.embedder.audio_frames)
         self.stride_frames = max(1, int(round(self.config.stride_s * FPS)))
         self.stride_s = self.stride_frames / FPS
-        self.window_lead_s = (self.audio_frames // 2) / FPS     # window end - window centre
+        # the onset frame the audio embedding describes: the window centre, or where the model was
+        # trained to put it (models.nets.ModelConfig.audio_offset_frames; -20 of 42: the window's end)
+        offset = int(getattr(self.embedder, "audio_offset_frames", 0))
+        self.query_shift_s = -offset / FPS                        # onset frame - window centre
+        self.window_lead_s = (self.audio_frames // 2 + offset) / FPS   # window end - onset frame: what is extrapolated
         hop = float(getattr(library, "hop_px", 20))
         snippets = library.load_all(pieces)     # pieces: only these ids (evaluations hold some out)
         self.pieces: list[PieceModel] = []

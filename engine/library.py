@@ -50,8 +50,9 @@ from PIL import Image
 
 from scorestream.core.config import default_path, load_section
 from scorestream.core.errors import IncompatibleModelError, InputError
-from scorestream.core.geometry import STRIP_HEIGHT, ink, sheet_snippets
+from scorestream.core.geometry import STRIP_HEIGHT, ink
 from scorestream.core.spec import ModelInputSpec
+from scorestream.models.embedder import embed_sheet_at
 from scorestream.core.geometry import CROP_W
 from scorestream.core.strip import Segment, Strip, unroll
 
@@ -637,7 +638,8 @@ def _fsync_dir(path: Path) -> None:
 
 def embed_strip(embedder, strip_image: np.ndarray, xs: np.ndarray, *, batch: int = 64, threads: int = 0,
                 progress=None) -> np.ndarray:
-    """Sheet embeddings of snippets centred on strip columns ``xs`` (batched; ``threads`` parallel calls).
+    """Sheet embeddings of the snippets for strip columns ``xs`` (batched; ``threads`` parallel calls).
+    Crops are centred on the columns, or placed as the model was trained (``sheet_offset_px``).
 
     Each batch cuts its snippets from only the strip columns it covers, so the cost per snippet
     does not grow with the length of the piece."""
@@ -654,9 +656,9 @@ def embed_strip(embedder, strip_image: np.ndarray, xs: np.ndarray, *, batch: int
 
     def run(s: int) -> int:
         e = min(n, s + batch)
-        lo = int(max(0, xi[s:e].min() - CROP_W))
-        hi = int(min(W, xi[s:e].max() + CROP_W))
-        out[s:e] = embedder.embed_sheet(sheet_snippets(ink_strip[:, lo:hi], xi[s:e] - lo))
+        lo = int(max(0, xi[s:e].min() - 2 * CROP_W))     # 2 crops: room for a model's sheet_offset_px (<= CROP_W / 2)
+        hi = int(min(W, xi[s:e].max() + 2 * CROP_W))
+        out[s:e] = embed_sheet_at(embedder, ink_strip[:, lo:hi], xi[s:e] - lo)
         return e - s
 
     if workers == 1 or len(starts) == 1:

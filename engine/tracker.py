@@ -234,7 +234,8 @@ class Tracker:
         self.pending_skips = 0
         self.windows_seen += 1
         dt = steps * eng.stride_s
-        t_c = float(window.centre_time) if hasattr(window, "centre_time") else float(window.t) - eng.window_lead_s
+        t_c = (float(window.centre_time) + eng.query_shift_s) if hasattr(window, "centre_time") \
+            else float(window.t) - eng.window_lead_s
         music, stopped, why = True, False, None
         if cfg.gate:
             feats = gate_features(window.spec, self.gate_cfg)

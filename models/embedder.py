@@ -116,6 +116,15 @@ class OnnxEmbedder:
             if stored.sheet_input != self.sheet_shape or stored.spec_bins != self.spec_bins:
                 raise IncompatibleModelError(f"{json_path}: input spec does not match the ONNX input shapes; {_REEXPORT}")
         self.input_spec = serving
+        # where the onset sits in the inputs (models.nets.ModelConfig; 0, 0 = centred)
+        cfg = {}
+        if json_path.is_file():
+            try:
+                cfg = json.loads(json_path.read_text()).get("config", {}) or {}
+            except (OSError, json.JSONDecodeError):
+                cfg = {}
+        self.audio_offset_frames = int(cfg.get("audio_offset_frames", 0))
+        self.sheet_offset_px = int(cfg.get("sheet_offset_px", 0))
 
     # ---- public
     def embed_audio(self, spec_windows: np.ndarray) -> np.ndarray:
@@ -190,18 +199,35 @@ class EnsembleEmbedder:
         self._scale = np.float32(1.0 / np.sqrt(len(members)))
         self.fingerprint = hashlib.sha256("+".join(m.fingerprint for m in members).encode()).hexdigest()[:16]
         self.input_spec = ModelInputSpec.serving(self.audio_frames, self.embed_dim)
+        self.audio_offset_frames = 0      # the ensemble's window is centred; each member takes its own part
+        offs = {int(getattr(m, "sheet_offset_px", 0)) for m in self.members}
+        # one crop serves all members only when they agree; else use embed_sheet_at (per-member crops)
+        self.sheet_offset_px = offs.pop() if len(offs) == 1 else None
+        for m in self.members:
+            start = self._member_start(m)
+            if not 0 <= start <= self.audio_frames - m.audio_frames:
+                raise ValueError(f"ensemble member {m.name}: its audio window (offset {m.audio_offset_frames} frames) "
+                                 f"does not fit in the ensemble's {self.audio_frames}-frame window")
+
+    def _member_start(self, m) -> int:
+        """First frame of member ``m``'s window inside the ensemble's (both about the same onset frame)."""
+        return self.audio_frames // 2 - m.audio_frames // 2 + int(getattr(m, "audio_offset_frames", 0))
 
     def embed_audio(self, spec_windows: np.ndarray) -> np.ndarray:
         """(B, bins, F) with F = ``audio_frames`` (the longest member's) -> (B, embed_dim)."""
         x = OnnxEmbedder._check(spec_windows, (self.spec_bins, self.audio_frames), "spec_windows")
         outs = []
         for m in self.members:
-            off = self.audio_frames // 2 - m.audio_frames // 2
+            off = self._member_start(m)
             outs.append(m.embed_audio(x[:, :, off: off + m.audio_frames]))
         return self.combine(outs)
 
     def embed_sheet(self, snippets: np.ndarray) -> np.ndarray:
-        """(B, 80, 100) in [0, 1], ink = 1 -> (B, embed_dim)."""
+        """(B, 80, 100) in [0, 1], ink = 1 -> (B, embed_dim).  Needs members that agree on
+        ``sheet_offset_px`` (the crops are cut once); otherwise use :func:`embed_sheet_at`."""
+        if self.sheet_offset_px is None:
+            raise ValueError(f"ensemble {self.name}: members crop the sheet at different offsets; "
+                             "embed with embed_sheet_at(embedder, ink_strip, xs)")
         return self.combine([m.embed_sheet(snippets) for m in self.members])
 
     def combine(self, member_embeddings: list[np.ndarray]) -> np.ndarray:
@@ -213,6 +239,27 @@ class EnsembleEmbedder:
         if len(member_embeddings) != len(self.members):
             raise ValueError(f"need one embedding array per member ({len(self.members)}), got {len(member_embeddings)}")
         return np.concatenate(member_embeddings, axis=1) * self._scale
+
+
+def embed_sheet_at(embedder, ink_strip: np.ndarray, xs) -> np.ndarray:
+    """Sheet embeddings for notehead columns ``xs`` of a binary ink strip (200, W), each model's
+    crop placed as it was trained (its ``sheet_offset_px``; ensemble members one by one)."""
+    from scorestream.core.geometry import sheet_snippets
+
+    xs = np.round(np.asarray(xs, np.float64)).astype(np.int64).reshape(-1)
+    off = getattr(embedder, "sheet_offset_px", 0)
+    if off is not None:
+        return embedder.embed_sheet(sheet_snippets(ink_strip, xs + int(off)))
+    return embedder.combine([embed_sheet_at(m, ink_strip, xs) for m in embedder.members])
+
+
+def audio_windows_at(embedder, spec: np.ndarray, frames) -> np.ndarray:
+    """(B, bins, F) audio windows for onset ``frames`` of ``spec`` (T, bins), placed as the model
+    was trained (``audio_offset_frames``; an ensemble's members take their parts themselves)."""
+    from scorestream.core.geometry import audio_windows
+
+    frames = np.asarray(frames, np.int64).reshape(-1)
+    return audio_windows(spec, frames + int(getattr(embedder, "audio_offset_frames", 0)), embedder.audio_frames)
 
 
 def _member_prefix(part: str, weights: Path) -> Path:

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from scorestream.core.errors import InputError
-from scorestream.core.geometry import audio_windows, ink, sheet_snippets
+from scorestream.core.geometry import ink, sheet_snippets
 from scorestream.core.pack import P_PIECE, P_SPLIT, P_TEMPO, P_TIMBRE, read_pack
 from scorestream.core.splits import PAPER_TEMPO_MILLI, is_paper_test_take, split_code
 
-from .embedder import WEIGHTS, EnsembleEmbedder, load_embedder
+from .embedder import WEIGHTS, EnsembleEmbedder, audio_windows_at, embed_sheet_at, load_embedder
 from .metrics import PUBLISHED, both_directions, error_breakdown
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,8 @@ def embed_corpus_selection(selection: list, embedder, label: str = "") -> tuple[
         if label and (k % step == 0 or k == len(selection) - 1):
             log.info("%s: piece %d/%d", label, k + 1, len(selection))
         spec, _ = piece.performance(j)
-        a_out.append(embedder.embed_audio(audio_windows(spec, frames, embedder.audio_frames)))
-        s_out.append(embedder.embed_sheet(sheet_snippets(ink(piece.strip(0).image), xs)))
+        a_out.append(embedder.embed_audio(audio_windows_at(embedder, spec, frames)))
+        s_out.append(embed_sheet_at(embedder, ink(piece.strip(0).image), xs))
     return np.concatenate(a_out), np.concatenate(s_out)
 
 
@@ -120,10 +120,15 @@ def pack_protocol(pack_path: str | Path, split: str, candidates: int, embedder) 
     for i in sel:
         perf, frame, x, _ = pairs[i]
         s0, sl, x0, xl = perfs[perf][:4]
-        a_list.append(audio_windows(pk.perf_spec(perf), [frame - s0], embedder.audio_frames)[0])
-        s_list.append(sheet_snippets(ink_all[:, x0: x0 + xl], [x - x0])[0])
+        a_list.append(audio_windows_at(embedder, pk.perf_spec(perf), [frame - s0])[0])
+        off = embedder.sheet_offset_px
+        s_list.append(sheet_snippets(ink_all[:, x0: x0 + xl], [x - x0 + off])[0] if off is not None
+                      else embed_sheet_at(embedder, ink_all[:, x0: x0 + xl], [x - x0])[0])
     a = np.concatenate([embedder.embed_audio(np.stack(a_list[k: k + 1024])) for k in range(0, len(a_list), 1024)])
-    s = np.concatenate([embedder.embed_sheet(np.stack(s_list[k: k + 1024])) for k in range(0, len(s_list), 1024)])
+    if embedder.sheet_offset_px is not None:     # crops: embed in batches
+        s = np.concatenate([embedder.embed_sheet(np.stack(s_list[k: k + 1024])) for k in range(0, len(s_list), 1024)])
+    else:                                        # mixed members: already embedded one by one
+        s = np.stack(s_list)
     return a, s, {"source": str(pack_path), "split": split, "timbre": meta["timbres"][meta["test_timbre"]], "tempo": 1.0,
                   "pool": int(len(pool)), "candidates": int(len(sel)), "pieces": int(len(np.unique(pr[sel, P_PIECE]))),
                   "groups": pr[sel, P_PIECE]}

@@ -49,12 +49,26 @@ class ModelConfig:
     sheet_shape: tuple[int, int] = (SHEET_H, SHEET_W)
     attention_hidden: int = 32
     name: str = ""
+    # Where the pair's onset sits in the inputs (0, 0: centred, the paper's layout).  The audio
+    # window is frames ``f + audio_offset_frames - F//2 ... + F - 1`` around onset frame ``f``
+    # (-(F - F//2 - 1): the window ends at the onset, nothing after it is heard: a causal model);
+    # the sheet crop is centred on column ``x + sheet_offset_px`` (negative: mostly the music
+    # already played, left of the notehead).
+    audio_offset_frames: int = 0
+    sheet_offset_px: int = 0
 
     def __post_init__(self) -> None:
         self.filters = tuple(int(f) for f in self.filters)
         self.sheet_shape = tuple(int(s) for s in self.sheet_shape)  # type: ignore[assignment]
         if self.audio_frames < 2 ** len(self.filters):
             raise ValueError(f"audio_frames={self.audio_frames} too small for {len(self.filters)} pooling blocks")
+        half = self.audio_frames // 2
+        lo, hi = -(self.audio_frames - half - 1), half
+        if not lo <= self.audio_offset_frames <= hi:
+            raise ValueError(f"audio_offset_frames={self.audio_offset_frames} puts the onset outside the "
+                             f"{self.audio_frames}-frame window (allowed {lo}..{hi})")
+        if abs(self.sheet_offset_px) > CROP_W // 2:
+            raise ValueError(f"sheet_offset_px={self.sheet_offset_px} puts the notehead outside the {CROP_W} px crop")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -238,13 +238,19 @@ def _coin(n, p, device, g) -> torch.Tensor:
 class BatchMaker:
     """Builds (spec, sheet) batches from pair indices, entirely on the pack's device."""
 
-    def __init__(self, pack: Pack, audio_frames: int, aug: AugConfig | None = None):
+    def __init__(self, pack: Pack, audio_frames: int, aug: AugConfig | None = None, *,
+                 audio_offset_frames: int = 0, sheet_offset_px: int = 0):
+        """``audio_offset_frames`` / ``sheet_offset_px``: where the pair's onset sits in the
+        inputs (models.nets.ModelConfig; 0, 0 = centred)."""
         self.pack = pack
         self.frames = int(audio_frames)
+        self.audio_offset = int(audio_offset_frames)
+        self.sheet_offset = int(sheet_offset_px)
         self.aug = aug if aug is not None else AugConfig()
         self.device = pack.device
         self.bins = pack.spec.shape[1]
-        self._offs = torch.arange(self.frames, device=self.device) - self.frames // 2
+        # window frames relative to the onset frame (a time stretch scales them about the onset)
+        self._offs = torch.arange(self.frames, device=self.device) - self.frames // 2 + self.audio_offset
         self._shifts = torch.arange(7, -1, -1, device=self.device, dtype=torch.uint8)
         self._bin_pos = torch.linspace(0, 1, self.bins, device=self.device)
         self.db_unit = float(self.aug.db_unit if self.aug.db_unit is not None else pack.meta.get("db_unit", 0.05))
@@ -346,7 +352,7 @@ class BatchMaker:
         perf = pk.perfs[pairs[:, 0]]
         lo = perf[:, P_STRIP_START, None]
         hi = lo + perf[:, P_STRIP_LEN, None]
-        cols = pairs[:, 2, None] + torch.arange(-PATCH_W // 2, PATCH_W // 2, device=dev)[None, :]
+        cols = (pairs[:, 2, None] + self.sheet_offset) + torch.arange(-PATCH_W // 2, PATCH_W // 2, device=dev)[None, :]
         valid = (cols >= lo) & (cols < hi)
         W = pk.strips_t.shape[0]
         packed = pk.strips_t[cols.clamp(0, W - 1)] * valid[:, :, None].to(torch.uint8)   # (B, Pw, 25)

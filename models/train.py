@@ -233,6 +233,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast (default: on for CUDA and for CPUs with native bf16)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt if present")
     p.add_argument("--init", default=None, help="start from the weights of a best.pt/ckpt.pt (fine-tuning); config taken from it")
+    p.add_argument("--audio-offset-frames", type=int, default=None, metavar="N",
+                   help="audio window position relative to the onset frame (ModelConfig.audio_offset_frames; "
+                        "-20 with 42 frames: the window ends at the onset, a causal model); default: the config's")
+    p.add_argument("--sheet-offset-px", type=int, default=None, metavar="PX",
+                   help="sheet crop centre relative to the notehead column (ModelConfig.sheet_offset_px); default: the config's")
     p.add_argument("--benchmark", type=int, default=0, metavar="N",
                    help="only measure throughput over N training steps (batch assembly and full step), then exit")
     return p.parse_args(argv)
@@ -274,6 +279,14 @@ def _run(args, out: Path, log: Logger, t_start: float) -> dict:
     else:
         cfg = load_config(args.config, args.model_config)
 
+    if ckpt is None and (args.audio_offset_frames is not None or args.sheet_offset_px is not None):
+        d = cfg.to_dict()
+        if args.audio_offset_frames is not None:
+            d["audio_offset_frames"] = args.audio_offset_frames
+        if args.sheet_offset_px is not None:
+            d["sheet_offset_px"] = args.sheet_offset_px
+        cfg = ModelConfig.from_dict(d)
+
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
@@ -282,7 +295,8 @@ def _run(args, out: Path, log: Logger, t_start: float) -> dict:
 
     pack = Pack.load(args.pack, device)
     aug = AugConfig.none() if args.no_aug else AugConfig()
-    maker = BatchMaker(pack, cfg.audio_frames, aug)
+    maker = BatchMaker(pack, cfg.audio_frames, aug, audio_offset_frames=cfg.audio_offset_frames,
+                       sheet_offset_px=cfg.sheet_offset_px)
     model = build_model(cfg).to(device)
     model = model.to(memory_format=torch.channels_last)
     loss_fn = RetrievalLoss(args.loss, args.tau, not args.fixed_tau, args.margin).to(device)
@@ -310,6 +324,7 @@ def _run(args, out: Path, log: Logger, t_start: float) -> dict:
     log(f"device {device} | pack {args.pack}: {pack.n_pairs} pairs, {pack.nbytes() / 2**20:.1f} MiB on device | "
         f"valid {len(valid_idx)} pairs")
     log(f"model {cfg.name or args.config}: audio_frames={cfg.audio_frames} attention={cfg.attention} "
+        f"offsets audio={cfg.audio_offset_frames} frames sheet={cfg.sheet_offset_px} px "
         f"params audio={count_params(model.audio)} sheet={count_params(model.sheet)} | loss {args.loss} "
         f"batch {args.batch} lr {args.lr} sched {args.sched} amp={amp} compile={args.compile}")
 

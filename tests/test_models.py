@@ -446,6 +446,69 @@ def test_ensemble_embedder_equals_members(tmp_path):
         load_embedder(" + ")
 
 
+def test_causal_offsets_in_training_batches_and_serving(synth, tmp_path):
+    """A model trained with its onset at the window's end (audio_offset_frames=-20) and its sheet
+    crop left of the notehead (sheet_offset_px=-60) gets exactly those inputs in training
+    (BatchMaker), in serving (audio_windows_at / embed_sheet_at) and inside an ensemble whose
+    other member is centred."""
+    from scorestream.models.embedder import audio_windows_at, embed_sheet_at, load_embedder
+    from scorestream.models.export import export_model
+    from scorestream.models.nets import ModelConfig, save_best
+    from scorestream.core.geometry import audio_windows, sheet_snippets
+
+    with pytest.raises(ValueError, match="outside"):
+        ModelConfig(audio_offset_frames=-21)          # frames f-42 .. f-1: the onset is not in the window
+    with pytest.raises(ValueError, match="outside"):
+        ModelConfig(sheet_offset_px=-101)
+    path, meta = synth
+    pack = Pack.load(path)
+    with np.load(path) as z:
+        ink_all = np.unpackbits(z["strips"], axis=0)[:200]
+    maker = BatchMaker(pack, 42, audio_offset_frames=-20, sheet_offset_px=-60)
+    perfs = pack.perfs.numpy() if hasattr(pack.perfs, "numpy") else np.asarray(pack.perfs)
+    tr = pack.split_pairs("train")
+    inside = [int(j) for j in tr if pack.pairs_np[j, 1] - perfs[pack.pairs_np[j, 0], 0] >= 45
+              and pack.pairs_np[j, 2] - perfs[pack.pairs_np[j, 0], 2] >= 170]
+    i = inside[len(inside) // 2]                       # a pair whose whole window lies inside its performance
+    frame, x = int(pack.pairs_np[i, 1]), int(pack.pairs_np[i, 2])
+    spec = maker.audio(torch.tensor([i]), train=False)[0, 0].numpy()
+    raw = pack.spec.numpy().astype(np.float32) / meta["spec_scale"]
+    np.testing.assert_allclose(spec[:, 41], raw[frame], atol=1e-6)        # the window ends at the onset
+    np.testing.assert_allclose(spec[:, 0], raw[frame - 41], atol=1e-6)
+    sheet = maker.sheet(torch.tensor([i]), train=False)[0, 0].numpy()
+    ref = ink_all[20:180, x - 160:x + 40].astype(np.float32).reshape(80, 2, 100, 2).mean((1, 3))
+    np.testing.assert_allclose(sheet, ref, atol=1e-5)
+
+    torch.manual_seed(2)
+    causal = _randomise_bn(build_model(ModelConfig(audio_offset_frames=-20, sheet_offset_px=-60, name="c")))
+    save_best(tmp_path / "c.pt", causal)
+    export_model(load_model(tmp_path / "c.pt"), tmp_path / "w" / "c")
+    centred = _randomise_bn(build_model(load_config("long")))
+    save_best(tmp_path / "long.pt", centred)
+    export_model(load_model(tmp_path / "long.pt"), tmp_path / "w" / "long")
+    c = load_embedder(tmp_path / "w" / "c")
+    assert (c.audio_offset_frames, c.sheet_offset_px) == (-20, -60)
+    rng = np.random.default_rng(4)
+    spec = (rng.random((300, 92)) * 3).astype(np.float32)
+    frames = np.array([0, 50, 299])
+    np.testing.assert_allclose(audio_windows_at(c, spec, frames), audio_windows(spec, frames - 20, 42))
+    strip = (rng.random((200, 900)) < 0.1).astype(np.uint8)
+    xs = np.array([0, 300, 899])
+    np.testing.assert_allclose(embed_sheet_at(c, strip, xs), c.embed_sheet(sheet_snippets(strip, xs - 60)), atol=1e-6)
+    ens = load_embedder(f"{tmp_path / 'w' / 'long'}+{tmp_path / 'w' / 'c'}")
+    assert ens.sheet_offset_px is None and ens.audio_offset_frames == 0
+    lg = ens.members[0]
+    a = ens.embed_audio(audio_windows_at(ens, spec, frames))
+    want = np.concatenate([lg.embed_audio(audio_windows(spec, frames, 84)),
+                           c.embed_audio(audio_windows_at(c, spec, frames))], 1) / np.sqrt(2)
+    np.testing.assert_allclose(a, want, atol=1e-6)
+    s = embed_sheet_at(ens, strip, xs)
+    want = np.concatenate([lg.embed_sheet(sheet_snippets(strip, xs)), c.embed_sheet(sheet_snippets(strip, xs - 60))], 1) / np.sqrt(2)
+    np.testing.assert_allclose(s, want, atol=1e-6)
+    with pytest.raises(ValueError, match="embed_sheet_at"):
+        ens.embed_sheet(sheet_snippets(strip, xs))
+
+
 def test_error_breakdown_separates_within_and_across_piece_errors():
     from scorestream.models.metrics import error_breakdown
 
