@@ -128,7 +128,8 @@ def from_onnx(prefix: str | Path, pack: str | Path | None = None, n: int = 2048,
         from scorestream.models.packdata import AugConfig, BatchMaker, Pack
 
         pk = Pack.load(pack, "cpu")
-        maker = BatchMaker(pk, cfg.audio_frames, AugConfig.none())
+        maker = BatchMaker(pk, cfg.audio_frames, AugConfig.none(), audio_offset_frames=cfg.audio_offset_frames,
+                           sheet_offset_px=cfg.sheet_offset_px)
         g = torch.Generator().manual_seed(seed)
         idx = pk.sample_pairs("train", n, g)
         spec, sheet = maker.batch(idx, train=False)
