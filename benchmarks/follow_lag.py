@@ -89,15 +89,15 @@ def score(engine, recs, kind: str, span_s: float | None = None) -> dict:
     return follow_summary(np.concatenate(errs) if errs else np.zeros(0))
 
 
-def vienna(n_takes: int, out: str | None, data: str) -> int:
+def vienna(n_takes: int, out: str | None, data: str, library: str, settings: list[str] | None = None) -> int:
     """System-level version on real timing and real scans (benchmarks/real_vienna.py's data and truth)."""
     import real_vienna as rv
 
     fx = json.loads(rv.FIXTURE.read_text())
     src = Path(data) / "vienna4x22"
-    lib = REPO / "data" / "lib_vienna"
+    lib = Path(library)
     rv.ensure_library(lib, src / "pdf", fx)
-    engine = Engine(Library.open(lib))
+    engine = Engine(Library.open(lib), tracker_config=ev.config_with(settings))
     cache = REPO / "data" / "real_vienna"
     tot = {k: {"results": 0, "system_right": 0, "within_1_system": 0} for k in ("t", "centre")}
     takes = 0
@@ -152,15 +152,17 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="writes OUT.json and OUT.md")
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder holding vienna4x22/ (with --vienna)")
     ap.add_argument("--vienna", type=int, default=None, metavar="N", help="Vienna 4x22 instead: first N pianists per piece")
+    ap.add_argument("--vienna-library", default=str(REPO / "data" / "lib_vienna"), help="library of the Vienna scans (built if missing)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="tracker setting override (audio_model=...)")
     a = ap.parse_args(argv)
     if a.vienna:
         sys.path.insert(0, str(REPO / "benchmarks"))
-        return vienna(a.vienna, a.out, a.data)
+        return vienna(a.vienna, a.out, a.data, a.vienna_library, a.set)
     from scorestream.models.corpus.reader import Corpus
 
     if not a.library:
         ap.error("--library is required (or --vienna N)")
-    engine = Engine(Library.open(a.library))
+    engine = Engine(Library.open(a.library), tracker_config=ev.config_with(a.set))
     cache = ev.EmbeddingCache(engine, a.cache)
     ids = [p for p in Corpus(a.corpus).piece_ids(a.split) if p in engine.by_id][: a.limit]
     t0 = time.time()

@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from scorestream.engine.engine import Engine  # noqa: E402
+from scorestream.engine.evaluation import config_with  # noqa: E402
 from scorestream.engine.library import Library  # noqa: E402
 from scorestream.engine.scoring import identification  # noqa: E402
 from scorestream.models.conditions.matchfile import read_match  # noqa: E402
@@ -283,6 +284,7 @@ def main(argv=None) -> int:
     ap.add_argument("--distractors", default=None, metavar="LIB",
                     help="also identify within LIB's pieces + the 4 scans (a copy of LIB under --cache with the scans "
                          "added; mode identify_distractors); LIB must use the same model")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="tracker setting override")
     ap.add_argument("--cache", default=str(REPO / "data" / "real_vienna"), help="audio, embeddings, result JSONL")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "real_vienna"), help="writes OUT.json, OUT.md")
     a = ap.parse_args(argv)
@@ -290,7 +292,7 @@ def main(argv=None) -> int:
     src = Path(a.data) / "vienna4x22"
     lib_path = Path(a.library)
     ensure_library(lib_path, src / "pdf", fx)
-    engine = Engine(Library.open(lib_path))
+    engine = Engine(Library.open(lib_path), tracker_config=config_with(a.set))
     cache = Path(a.cache)
     engines = {m: engine for m in a.modes}
     if a.distractors:
@@ -305,7 +307,7 @@ def main(argv=None) -> int:
                 subprocess.run([str(REPO / ".venv" / "bin" / "scorestream"), "library", "add", "--library", str(tmp),
                                 "--id", p["library_id"], "--no-progress", str(src / "pdf" / p["pdf"])], check=True)
             tmp.rename(big)
-        engines["identify_distractors"] = Engine(Library.open(big))
+        engines["identify_distractors"] = Engine(Library.open(big), tracker_config=config_with(a.set))
         assert engines["identify_distractors"].embedder.fingerprint == engine.embedder.fingerprint
         a.modes = [m for m in a.modes if m != "identify_distractors"] + ["identify_distractors"]
         log(f"identify_distractors: {len(engines['identify_distractors'].pieces)} pieces ({big})")

@@ -28,6 +28,7 @@ import numpy as np
 from scorestream.core.frontend import FrontEndConfig
 from scorestream.streamer.frontend import WindowCutter
 
+from .engine import TrackerConfig, load_tracker_config
 from .scoring import follow_errors, follow_summary, identification, page_turn_summary, page_turns, tracked_to_end
 
 log = logging.getLogger(__name__)
@@ -382,3 +383,20 @@ def evaluate_after_piece(engine, takes: list[Take], cache: EmbeddingCache, *, ki
                 "false_identification_share": sum(r["false"] for r in rs) / max(1, sum(r["stretches"] for r in rs))}
     return {"music_s": music_s, "after_s": after_s, "grace_s": RELEASE_GRACE_S, **summ(rows),
             "per_kind": {kd: summ([r for r in rows if r["kind"] == kd]) for kd in kinds}, "per_take": rows}
+
+
+def config_with(settings: list[str] | None) -> TrackerConfig:
+    """configs/tracker.toml with ``KEY=VALUE`` overrides (values parsed as JSON where they parse:
+    ``kappa=10``, ``gate=false``; else strings: ``audio_model=bl1_2s``), for the benchmarks' ``--set``."""
+    import json
+
+    out = {}
+    for item in settings or []:
+        if "=" not in item:
+            raise ValueError(f"--set wants KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return load_tracker_config(**out)
