@@ -193,7 +193,11 @@ class EnsembleEmbedder:
         self.name = "+".join(m.name for m in members)
         self.spec_bins = bins.pop()
         self.sheet_shape = shapes.pop()
-        self.audio_frames = max(m.audio_frames for m in members)
+        # a centred window around the onset frame that holds every member's own window
+        # (a member trained with audio_offset_frames sits off-centre in it)
+        spans = [(int(getattr(m, "audio_offset_frames", 0)) - m.audio_frames // 2, m.audio_frames) for m in members]
+        half = max(max(-lo, lo + n) for lo, n in spans)
+        self.audio_frames = 2 * half if any(lo != -(n // 2) for lo, n in spans) else max(n for _, n in spans)
         self.embed_dim = sum(m.embed_dim for m in members)
         self.providers = members[0].providers
         self._scale = np.float32(1.0 / np.sqrt(len(members)))
