@@ -507,12 +507,12 @@ def test_causal_offsets_in_training_batches_and_serving(synth, tmp_path):
     np.testing.assert_allclose(s, want, atol=1e-6)
     with pytest.raises(ValueError, match="embed_sheet_at"):
         ens.embed_sheet(sheet_snippets(strip, xs))
-    # with a centred 2.1 s member the ensemble's window grows to hold both (onset-39 .. onset+38)
+    # with a centred 2.1 s member the ensemble's window grows to hold both (onset-41 .. onset+40)
     base = _randomise_bn(build_model(load_config("baseline")))
     save_best(tmp_path / "base.pt", base)
     export_model(load_model(tmp_path / "base.pt"), tmp_path / "w" / "base")
     ens2 = load_embedder(f"{tmp_path / 'w' / 'base'}+{tmp_path / 'w' / 'c'}")
-    assert ens2.audio_frames == 78
+    assert ens2.audio_frames == 82
     want = np.concatenate([ens2.members[0].embed_audio(audio_windows(spec, frames, 42)),
                            c.embed_audio(audio_windows_at(c, spec, frames))], 1) / np.sqrt(2)
     np.testing.assert_allclose(ens2.embed_audio(audio_windows_at(ens2, spec, frames)), want, atol=1e-6)
