@@ -9,6 +9,7 @@ objects back.  The engine itself is read-only after construction, so trackers of
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -74,6 +75,40 @@ class PieceModel:
                 "page_size": [int(w), int(h)] if w is not None else None}
 
 
+class FusedAudio:
+    """Several models that embed the same audio window, each about its own onset frame.
+
+    Why: a model trained with its onset at the window's end (``bl1_2s_c``, audio_offset_frames
+    -18) tells where the music is now but retrieves less well; the centred ``bl1_2s`` retrieves
+    better but describes the music 0.9 s earlier.  Fused, the tracker scores each position ``x``
+    by the first model's similarity at ``x`` plus each other model's at ``x - tempo * lag``
+    (``lag_s``: how much earlier that model's onset frame is), so both inform the present.
+    Embeddings are concatenated, each scaled by 1/sqrt(k) (the dot product is the mean cosine)."""
+
+    def __init__(self, members: list) -> None:
+        frames = {int(m.audio_frames) for m in members}
+        if len(frames) != 1:
+            raise InputError(f"fused audio models must take the same window; got {sorted(frames)} frames")
+        self.members = list(members)
+        self.name = "&".join(m.name for m in members)
+        self.audio_frames = frames.pop()
+        self.spec_bins = members[0].spec_bins
+        self.embed_dim = sum(int(m.embed_dim) for m in members)
+        self.audio_offset_frames = int(getattr(members[0], "audio_offset_frames", 0))
+        self.providers = getattr(members[0], "providers", None)
+        self.fingerprint = hashlib.sha256("&".join(m.fingerprint for m in members).encode()).hexdigest()[:16]
+        self._scale = np.float32(1.0 / np.sqrt(len(members)))
+        blocks, start = [], 0
+        for m in members:
+            lag = (int(getattr(m, "audio_offset_frames", 0)) - self.audio_offset_frames) / FPS
+            blocks.append((start, start + int(m.embed_dim), lag))
+            start += int(m.embed_dim)
+        self.blocks = blocks        # (first column, end column, lag_s) per member
+
+    def embed_audio(self, spec_windows: np.ndarray) -> np.ndarray:
+        return np.concatenate([m.embed_audio(spec_windows) for m in self.members], axis=1) * self._scale
+
+
 def _piece_model(i: int, ps, hop_px: float) -> PieceModel:
     emb = np.asarray(ps.emb, np.float32)
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-8)
@@ -108,6 +143,7 @@ class Engine:
 
         self.music_classifier = MusicClassifier.load()     # configs/gate.toml (None: fixed thresholds only)
         self.library_embedder = self.embedder
+        self.fusion = None          # FusedAudio.blocks when audio_model is "A&B"
         dims = self._choose_audio_model(self.config.audio_model)
         self.audio_frames = int(self.embedder.audio_frames)
         self.stride_frames = max(1, int(round(self.config.stride_s * FPS)))
@@ -123,7 +159,9 @@ class Engine:
         for ps in snippets:
             if ps.info.snippets <= 0 or len(ps.emb) == 0:
                 continue
-            if dims is not None:
+            if isinstance(dims, list):
+                ps.emb = np.concatenate([ps.emb[:, a:b] for a, b in dims], axis=1)
+            elif dims is not None:
                 ps.emb = ps.emb[:, dims[0]:dims[1]]
             self.pieces.append(_piece_model(len(self.pieces), ps, hop))
         self.by_id = {p.id: p for p in self.pieces}
@@ -146,7 +184,27 @@ class Engine:
         self.log.debug("engine: %d pieces, %d snippets, index %s, model %s", len(self.pieces), self.size, self.index.kind,
                       getattr(self.embedder, "name", "?"))
 
-    def _choose_audio_model(self, name: str | None) -> tuple[int, int] | None:
+    def _choose_audio_model(self, name: str | None):
+        """``audio_model``: one member of the library's ensemble, or ``A&B``: members that embed the
+        same audio window together (see :class:`FusedAudio`).  Returns the column ranges of the
+        library's embeddings to keep (a tuple, or a list of tuples), or None for the model as it is."""
+        if name and "&" in name:
+            lib = self.embedder
+            parts, ranges = [], []
+            for part in name.split("&"):
+                self.embedder = lib
+                r = self._choose_one_audio_model(part.strip())
+                if r is None or self.embedder is lib:
+                    raise InputError(f"audio model {part!r} of {name!r} is not a member of the library's model "
+                                     f"{getattr(lib, 'name', '?')}")
+                parts.append(self.embedder)
+                ranges.append(r)
+            self.embedder = FusedAudio(parts)
+            self.fusion = self.embedder.blocks
+            return ranges
+        return self._choose_one_audio_model(name)
+
+    def _choose_one_audio_model(self, name: str | None) -> tuple[int, int] | None:
         """Follow with one member of the library's ensemble (its own columns of the library's
         embeddings, re-normalised): a member with a shorter audio context needs a shorter
         look-ahead to report the present (bl1_2s: 1.05 s instead of the ensemble's 2.1 s).

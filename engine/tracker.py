@@ -98,6 +98,20 @@ class TrackerConfig:
 
 FPS = FrontEndConfig().fps
 
+
+def fused_similarity(emb: np.ndarray, q: np.ndarray, blocks, shift_states_per_s: float) -> np.ndarray:
+    """Per snippet: the sum over members of their similarity at the snippet ``lag_s`` earlier
+    (``shift_states_per_s``: the tempo in snippets per second; linear interpolation, clamped)."""
+    out = np.zeros(len(emb), np.float64)
+    idx = np.arange(len(emb), dtype=np.float64)
+    for a, b, lag in blocks:
+        s = (emb[:, a:b] @ q[a:b]).astype(np.float64)
+        if lag > 0 and len(s) > 1:
+            s = np.interp(idx - lag * shift_states_per_s, idx, s)
+        out += s
+    return out
+
+
 # --------------------------------------------------------------------------- pure functions
 
 def advance_kernel(delta: float, sd: float, back_p: float) -> tuple[np.ndarray, int]:
@@ -362,7 +376,10 @@ class Tracker:
         jump = 1.0 - (1.0 - cfg.jump_p) ** steps
         kern, d_min = advance_kernel(delta, sd, back)
         pred = transition(c.alpha, kern, d_min, jump, self._jump_target(p))
-        s = p.emb @ h.q
+        if eng_fusion := getattr(self.engine, "fusion", None):
+            s = fused_similarity(p.emb, h.q, eng_fusion, c.tempo_px_s / p.hop_px)
+        else:
+            s = p.emb @ h.q
         ref = h.ref if self.fixed is None else float(s.max())
         lik = np.exp(cfg.kappa * (s.astype(np.float64) - ref))
         lp = float(pred @ lik)

@@ -233,3 +233,32 @@ def test_page_turns_are_scored_against_the_first_note_of_each_page():
     assert (late_and_wrong["late"], late_and_wrong["missed"], late_and_wrong["spurious"]) == (1, 1, 1)
     early = page_turns([r(3.0, 2), r(8.0, 2)], ev, piece="a")       # the nearest turn before the change counts
     assert (early["on_time"], early["early"], early["spurious"]) == (1, 0, 1)
+
+
+def test_fused_similarity_reads_the_delayed_model_where_the_music_was():
+    """A member whose onset frame lies lag_s earlier is read tempo * lag_s snippets back."""
+    from scorestream.engine.tracker import fused_similarity
+
+    n = 50
+    emb = np.zeros((n, 4), np.float32)
+    emb[20, 0:2] = [1, 0]          # the present model fits snippet 20 ...
+    emb[16, 2:4] = [0, 1]          # ... the delayed one fits snippet 16 (where the music was 0.9 s ago)
+    q = np.array([1, 0, 0, 1], np.float32)
+    blocks = [(0, 2, 0.0), (2, 4, 0.9)]
+    s = fused_similarity(emb, q, blocks, shift_states_per_s=4 / 0.9)     # 4 snippets in 0.9 s
+    assert int(np.argmax(s)) == 20 and s[20] == pytest.approx(2.0)
+    still = fused_similarity(emb, q, blocks, shift_states_per_s=0.0)      # no tempo: no shift
+    assert still[20] == pytest.approx(1.0) and still[16] == pytest.approx(1.0)
+    np.testing.assert_allclose(fused_similarity(emb, q, [(0, 4, 0.0)], 3.0), emb @ q)
+
+
+def test_fused_audio_needs_members_of_the_library(test_library):  # noqa: F811
+    from scorestream.engine.engine import Engine, FusedAudio
+    from scorestream.engine.engine import load_tracker_config
+    from scorestream.core.errors import InputError
+
+    with pytest.raises(InputError, match="not a member"):
+        Engine(test_library, tracker_config=load_tracker_config(audio_model="bl1_2s&nonexistent"))
+    members = list(test_library.embedder.members)
+    fused = FusedAudio(members[:1] * 2)
+    assert fused.embed_dim == 2 * members[0].embed_dim and [b[2] for b in fused.blocks] == [0.0, 0.0]
