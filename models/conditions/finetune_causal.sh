@@ -35,21 +35,7 @@ stamp corpus build
     --limit "$LIMIT" --split train --no-progress
 
 stamp link valid pieces
-$PY - "$CORPUS" "$VALID_FROM" <<'PYEOF'
-import json, os, sys
-from pathlib import Path
-from scorestream.models.corpus.build import write_index
-out, src = Path(sys.argv[1]), Path(sys.argv[2]) / "pieces"
-n = 0
-for pj in sorted(src.glob("*/piece.json")):
-    if json.loads(pj.read_text())["split"] == "valid":
-        dst = out / "pieces" / pj.parent.name
-        if not dst.exists():
-            os.symlink(pj.parent.resolve(), dst)
-            n += 1
-stats = write_index(out)
-print(f"linked {n} valid pieces; corpus now {stats['pieces']} pieces, {stats['audio_hours']} h, {stats['aligned_pairs']} pairs")
-PYEOF
+$PY -m scorestream.models.conditions.link_split "$CORPUS" "$VALID_FROM" valid
 
 if [ ! -f "$PACK" ]; then
   stamp pack

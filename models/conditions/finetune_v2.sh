@@ -26,22 +26,7 @@ nice -n 19 .venv/bin/scorestream corpus build --source ../shared/data/lieder/sco
 # 2. the test split: linked from data/corpus (its paper-condition take, performance 0, is
 #    byte-identical under the v2 config), so that the pack carries the paper's test protocol
 stamp link test pieces
-$PY - "$CORPUS" <<'PYEOF'
-import json, os, sys
-from pathlib import Path
-from scorestream.models.corpus.build import write_index
-out = Path(sys.argv[1])
-src = Path("data/corpus/pieces")
-n = 0
-for pj in sorted(src.glob("*/piece.json")):
-    if json.loads(pj.read_text())["split"] == "test":
-        dst = out / "pieces" / pj.parent.name
-        if not dst.exists():
-            os.symlink(pj.parent.resolve(), dst)
-            n += 1
-stats = write_index(out)
-print(f"linked {n} test pieces; corpus now {stats['pieces']} pieces, {stats['audio_hours']} h, {stats['aligned_pairs']} pairs")
-PYEOF
+$PY -m scorestream.models.conditions.link_split "$CORPUS" data/corpus test
 
 # 3. the training pack (400 MB, 60 s excerpts of the training takes: one per piece folder first)
 if [ ! -f "$PACK" ]; then
