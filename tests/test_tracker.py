@@ -252,13 +252,13 @@ def test_fused_similarity_reads_the_delayed_model_where_the_music_was():
     np.testing.assert_allclose(fused_similarity(emb, q, [(0, 4, 0.0)], 3.0), emb @ q)
 
 
-def test_fused_audio_needs_members_of_the_library(test_library):  # noqa: F811
-    from scorestream.engine.engine import Engine, FusedAudio
-    from scorestream.engine.engine import load_tracker_config
+def test_fused_audio_needs_members_of_the_library(engine, test_library):  # noqa: F811
     from scorestream.core.errors import InputError
+    from scorestream.engine.engine import Engine, FusedAudio, load_tracker_config
+    from scorestream.engine.library import Library
 
     with pytest.raises(InputError, match="not a member"):
-        Engine(test_library, tracker_config=load_tracker_config(audio_model="bl1_2s&nonexistent"))
-    members = list(test_library.embedder.members)
+        Engine(Library.open(test_library), tracker_config=load_tracker_config(audio_model="bl1_2s&nonexistent"))
+    members = list(engine.library_embedder.members)
     fused = FusedAudio(members[:1] * 2)
     assert fused.embed_dim == 2 * members[0].embed_dim and [b[2] for b in fused.blocks] == [0.0, 0.0]
