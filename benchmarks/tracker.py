@@ -13,7 +13,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,17 +21,6 @@ sys.path.insert(0, str(REPO))
 from scorestream.engine import evaluation as ev  # noqa: E402
 from scorestream.engine.engine import Engine  # noqa: E402
 from scorestream.engine.library import Library  # noqa: E402
-
-
-def parse_set(items):
-    out = {}
-    for it in items or []:
-        k, v = it.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
 
 
 def main(argv=None) -> int:
@@ -52,10 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     lib = Library.open(a.library)
-    engine = Engine(lib)
-    cfg = replace(engine.config, **parse_set(a.set))
-    if cfg.audio_model != engine.config.audio_model:
-        engine = Engine(lib, tracker_config=cfg)
+    cfg = ev.config_with(a.set)
+    engine = Engine(lib, tracker_config=cfg)
     cache = ev.EmbeddingCache(engine, a.cache)
     from scorestream.models.corpus.reader import Corpus
 
