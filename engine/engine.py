@@ -28,8 +28,12 @@ BACKGROUND_SAMPLE = 4096      # snippets whose mean likelihood stands for "anywh
 
 
 def load_tracker_config(path: str | Path | None = None, **overrides) -> TrackerConfig:
-    """``configs/tracker.toml`` (or ``path``) as a :class:`TrackerConfig`; keyword overrides win."""
-    data = read_toml(path or CONFIG_DIR / "tracker.toml").get("tracker", {})
+    """``configs/tracker.toml`` as a :class:`TrackerConfig`, with the ``[tracker]`` settings of
+    ``path`` on top (a file may hold only what it changes, e.g. configs/tracker_scans.toml); keyword
+    overrides win over both."""
+    data = read_toml(CONFIG_DIR / "tracker.toml").get("tracker", {})
+    if path is not None:
+        data.update(read_toml(path).get("tracker", {}))
     data.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(TrackerConfig, data, "tracker")
 

@@ -262,3 +262,23 @@ def test_fused_audio_needs_members_of_the_library(engine, test_library):  # noqa
     members = list(engine.library_embedder.members)
     fused = FusedAudio(members[:1] * 2)
     assert fused.embed_dim == 2 * members[0].embed_dim and [b[2] for b in fused.blocks] == [0.0, 0.0]
+
+
+def test_a_tracker_config_file_holds_only_what_it_changes(tmp_path):
+    """--config files go on top of the shipped configs/tracker.toml (configs/tracker_scans.toml
+    changes one setting); keyword overrides win; an unknown key is a one-line error."""
+    from scorestream.core.config import ConfigError
+    from scorestream.engine.engine import CONFIG_DIR, load_tracker_config
+
+    shipped = load_tracker_config()
+    f = tmp_path / "mine.toml"
+    f.write_text("[tracker]\nevidence_allowance_nats = 0.5\n")
+    cfg = load_tracker_config(f)
+    assert cfg.evidence_allowance_nats == 0.5 and shipped.evidence_allowance_nats != 0.5
+    assert (cfg.kappa, cfg.unknown_prior_nats, cfg.audio_model) == (shipped.kappa, shipped.unknown_prior_nats, shipped.audio_model)
+    assert load_tracker_config(f, evidence_allowance_nats=0.9).evidence_allowance_nats == 0.9
+    scans = load_tracker_config(CONFIG_DIR / "tracker_scans.toml")
+    assert scans.evidence_allowance_nats < shipped.evidence_allowance_nats and scans.kappa == shipped.kappa
+    f.write_text("[tracker]\nno_such_setting = 1\n")
+    with pytest.raises(ConfigError, match="no_such_setting"):
+        load_tracker_config(f)

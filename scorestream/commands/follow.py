@@ -93,6 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds between results (default from configs/tracker.toml: 0.2)")
     p.add_argument("--page-turn-lead", type=_positive, default=None, metavar="S",
                    help="raise page_turn this many seconds before a page's last system ends (default 2)")
-    p.add_argument("--config", default=None, metavar="TOML", help="tracker settings (default: the shipped configs/tracker.toml)")
+    p.add_argument("--config", default=None, metavar="TOML", help="tracker settings on top of the shipped configs/tracker.toml "
+                   "(e.g. configs/tracker_scans.toml for a library of scanned pages)")
     p.add_argument("--quiet", action="store_true", help="no live line")
     p.set_defaults(func=_follow)

@@ -10,7 +10,7 @@ from scorestream.core.errors import InputError
 
 def make_engine(library: str, device: str = "cpu", config: str | None = None):
     """Open a library read-only and build the engine on ``device`` ("cpu" or "cuda") with the tracker
-    settings of ``config`` (a TOML file; default the shipped configs/tracker.toml)."""
+    settings of ``config`` (a TOML file on top of the shipped configs/tracker.toml)."""
     import onnxruntime as ort
 
     from scorestream.engine.engine import Engine, load_tracker_config
@@ -79,7 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the embedding model runs (cuda needs the 'gpu' extra: onnxruntime-gpu)")
     p.add_argument("--config", default=None, metavar="TOML",
-                   help="tracker settings (default: the shipped configs/tracker.toml; the same file 'scorestream follow --config' reads)")
+                   help="tracker settings on top of the shipped configs/tracker.toml (e.g. configs/tracker_scans.toml for a library "
+                        "of scanned pages; the same file 'scorestream follow --config' reads)")
     p.add_argument("--token", help="shared secret clients must send (Authorization: Bearer T, or ?token=T)")
     p.add_argument("--origins", action="append", metavar="ORIGIN[,ORIGIN…]",
                    help="browser origins allowed besides the server's own (e.g. https://example.org); '*' allows any")
