@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     pieces = a.pieces or list(fx["pieces"])
     ids = [p.id for p in Engine(lib).pieces]
     out = {"benchmark": "evidence_scale", "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "library": a.library,
-           "pieces": pieces, "allowances": a.allowances, "vienna": {}, "synthetic_valid": None}
+           "pieces": pieces, "limit": a.limit, "allowances": a.allowances, "vienna": {}, "synthetic_valid": None}
     for allow in a.allowances:
         cfg = replace(base, evidence_allowance_nats=allow)
         full = Engine(lib, tracker_config=cfg)
@@ -136,6 +136,12 @@ def main(argv=None) -> int:
     return 0
 
 
+def rewrite_markdown(json_path: str | Path) -> None:
+    """The Markdown again from a results JSON (after an edit of the notes)."""
+    j = Path(json_path)
+    j.with_suffix(".md").write_text(markdown(json.loads(j.read_text())))
+
+
 def markdown(out: dict) -> str:
     def pc(x):
         return f"{100 * x:.1f} %"
@@ -147,7 +153,9 @@ def markdown(out: dict) -> str:
              f"{out['date']}; Vienna library `{out['library']}` (the 4 scans); the tracker's evidence per window "
              "(nats before the allowance; mean, 10th–90th percentile) for the right piece and for the other "
              "candidates, and identification with each evidence allowance (`evidence_allowance_nats`; shipped 1.7). "
-             "Out of library: the same takes with their own scan removed from the library.", "",
+             "Out of library: the same takes with their own scan removed from the library. Pianists per piece: "
+             f"{out.get('limit') or 'all (22)'}. Schubert D783 is the selection piece (configs/tracker_scans.toml's allowance was chosen on it: "
+             "the largest that named nothing out of library); the other three pieces are held out.", "",
              "| allowance | piece | right piece named | wrong piece named | out of library: named | evidence, right piece | evidence, other candidates |",
              "|---|---|---|---|---|---|---|"]
     for allow, rows in out["vienna"].items():
