@@ -239,7 +239,8 @@ def write_md(path: Path, out: dict) -> None:
          f"{out['machine']}, {out['date']}; library `{out['library']}` ({out['library_pieces']} pieces: the 4 scanned "
          f"PDFs, {out['library_systems']} detected systems); audio: performance MIDI played by MuseScore_General "
          f"(held-out timbre), dry; {out['takes']} takes, {out['audio_s'] / 60:.1f} min; tracker config "
-         f"`configs/tracker.toml` (audio model {out['audio_model']}).", "",
+         f"`configs/tracker.toml` (audio model {out['audio_model']})"
+         + (f" with {', '.join(out['settings'])}" if out.get("settings") else "") + ".", "",
          "Truth: the system (page, system) of the latest performed onset (.match) at each result's t, via the "
          "hand-annotated first bar per scan system (tests/fixtures/vienna_scan_bars.json); results between the first "
          "and the last onset. `system right`: the right piece tracked and the reported (page, system) is the truth; "
@@ -351,7 +352,7 @@ def main(argv=None) -> int:
            "machine": f"{platform.node()} ({platform.machine()}, {__import__('os').cpu_count()} CPUs, CPU only, onnxruntime)",
            "library": str(lib_path), "library_pieces": len(engine.pieces),
            "library_systems": int(sum(len(pm.systems) for pm in engine.pieces)),
-           "audio_model": engine.config.audio_model,
+           "audio_model": engine.config.audio_model, "settings": a.set,
            "distractor_pieces": len(engines["identify_distractors"].pieces) - len(engine.pieces) if a.distractors else 0,
            "distractor_library": a.distractors, "modes": a.modes, "takes": len(jobs), "audio_s": audio_s,
            "fixture": str(FIXTURE.relative_to(REPO)), "notes": NOTES, "wall_s": time.time() - t_start,
