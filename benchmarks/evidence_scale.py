@@ -136,12 +136,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def rewrite_markdown(json_path: str | Path) -> None:
-    """The Markdown again from a results JSON (after an edit of the notes)."""
-    j = Path(json_path)
-    j.with_suffix(".md").write_text(markdown(json.loads(j.read_text())))
-
-
 def markdown(out: dict) -> str:
     def pc(x):
         return f"{100 * x:.1f} %"

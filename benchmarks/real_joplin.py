@@ -458,7 +458,7 @@ def main(argv=None) -> int:
     ap.add_argument("--pieces", default=None, help="comma-separated ids (default all)")
     ap.add_argument("--build", action="store_true", help="add missing pieces to the library first")
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--tracker", action="append", default=[], metavar="KEY=VALUE",
+    ap.add_argument("--tracker", "--set", dest="tracker", action="append", default=[], metavar="KEY=VALUE",
                     help="override a configs/tracker.toml setting (diagnostics; results then go to real_joplin_<tag>.*)")
     ap.add_argument("--tag", default=None, help="suffix of the result files")
     ap.add_argument("--jsonl", action="store_true", help="also keep every result under data/real_joplin/results/")
@@ -466,18 +466,6 @@ def main(argv=None) -> int:
     if a.library is None:
         a.library = REPO / "data" / ("lib_joplin_engraved" if a.engraved else "lib_joplin")
     stem = ("real_joplin_engraved" if a.engraved else "real_joplin") + (f"_{a.tag}" if a.tag else "")
-    overrides = {}
-    for kv in a.tracker:
-        k, v = kv.split("=", 1)
-        if v.lower() in ("true", "false"):
-            overrides[k] = v.lower() == "true"
-        elif re.fullmatch(r"-?\d+", v):
-            overrides[k] = int(v)
-        else:
-            try:
-                overrides[k] = float(v)
-            except ValueError:
-                overrides[k] = v
     todo = pairs(a.data)
     if a.pieces:
         want = set(a.pieces.split(","))
@@ -491,9 +479,9 @@ def main(argv=None) -> int:
     from scorestream.engine.library import Library
 
     lib = Library.open(a.library)
-    from scorestream.engine.engine import load_tracker_config
+    from scorestream.engine.evaluation import config_with
 
-    engine = Engine(lib, tracker_config=load_tracker_config(**overrides) if overrides else None)
+    engine = Engine(lib, tracker_config=config_with(a.tracker))
     print(f"library {a.library}: {len(engine.pieces)} pieces, {engine.size} snippets", flush=True)
     rows, skipped = [], {}
     t_start = time.time()
@@ -515,8 +503,9 @@ def main(argv=None) -> int:
         else:
             audio, onsets = synthesize(kern, seed)
             wav.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(str(wav), audio, SR)
+            sf.write(str(wav), audio, SR, subtype="PCM_16")
             tj.write_text(json.dumps({"piece": pid, "onsets": onsets, "tempo": kern["tempo"], "seed": seed}))
+            audio = sf.read(str(wav), dtype="float32")[0]      # the same samples whether cached or not
         t0 = time.time()
         ws, emb = windows_and_embeddings(engine, audio, key)
         t_emb = time.time() - t0
@@ -548,7 +537,7 @@ def main(argv=None) -> int:
     res = {"command": cmd, "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
            "machine": f"{platform.node() and 'this machine'}: {os.cpu_count()} cores, CPU only, Python {platform.python_version()}, "
                       f"model {getattr(engine.embedder, 'name', '?')}",
-           "tracker_overrides": overrides, "library": str(a.library), "sheets": "verovio engraving of the kern (control)" if a.engraved else "real scans", "library_pieces": len(engine.pieces), "target": TARGET,
+           "tracker_overrides": a.tracker, "library": str(a.library), "sheets": "verovio engraving of the kern (control)" if a.engraved else "real scans", "library_pieces": len(engine.pieces), "target": TARGET,
            "map_note": ("JOPLIN_PAGE_COUNTS where it has the piece (it has "
                         f"{sum(1 for r in rows if r['systems']['hand_per_page'])} of these), else the library's "
                         "detected systems in reading order; 'counts match' = detected total == kern total (per page "

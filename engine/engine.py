@@ -189,42 +189,39 @@ class Engine:
                       getattr(self.embedder, "name", "?"))
 
     def _choose_audio_model(self, name: str | None):
-        """``audio_model``: one member of the library's ensemble, or ``A&B``: members that embed the
-        same audio window together (see :class:`FusedAudio`).  Returns the column ranges of the
-        library's embeddings to keep (a tuple, or a list of tuples), or None for the model as it is."""
-        if name and "&" in name:
-            lib = self.embedder
-            parts, ranges = [], []
-            for part in name.split("&"):
-                self.embedder = lib
-                r = self._choose_one_audio_model(part.strip())
-                if r is None or self.embedder is lib:
-                    raise InputError(f"audio model {part!r} of {name!r} is not a member of the library's model "
-                                     f"{getattr(lib, 'name', '?')}")
-                parts.append(self.embedder)
-                ranges.append(r)
-            self.embedder = FusedAudio(parts)
-            self.fusion = self.embedder.blocks
-            return ranges
-        return self._choose_one_audio_model(name)
-
-    def _choose_one_audio_model(self, name: str | None) -> tuple[int, int] | None:
         """Follow with one member of the library's ensemble (its own columns of the library's
         embeddings, re-normalised): a member with a shorter audio context needs a shorter
-        look-ahead to report the present (bl1_2s: 1.05 s instead of the ensemble's 2.1 s).
-        Returns the column range, or None for the library's model as it is."""
-        emb = self.embedder
-        if not name or name == getattr(emb, "name", None):
+        look-ahead to report the present (bl1_2s: 1.05 s instead of the ensemble's 2.1 s); or
+        ``A&B``: members that embed the same audio window together (see :class:`FusedAudio`).
+        Sets ``self.embedder``; returns the column range to keep (a list of them for ``A&B``), or
+        None for the library's model as it is."""
+        lib = self.embedder
+        if not name or name == getattr(lib, "name", None):
             return None
-        members = getattr(emb, "members", None) or []
+        if "&" in name:
+            found = [(part.strip(), self._member(part.strip())) for part in name.split("&")]
+            for part, f in found:
+                if f is None:
+                    raise InputError(f"audio model {part!r} of {name!r} is not a member of the library's model "
+                                     f"{getattr(lib, 'name', '?')}")
+            self.embedder = FusedAudio([f[0] for _, f in found])
+            self.fusion = self.embedder.blocks
+            return [f[1] for _, f in found]
+        f = self._member(name)
+        if f is None:
+            self.log.warning("audio model %s is not part of the library's model %s; using %s", name,
+                             getattr(lib, "name", "?"), getattr(lib, "name", "?"))
+            return None
+        self.embedder = f[0]
+        return f[1]
+
+    def _member(self, name: str):
+        """(member, its column range) of the library's ensemble called ``name``, or None."""
         start = 0
-        for m in members:
+        for m in getattr(self.embedder, "members", None) or []:
             if m.name == name:
-                self.embedder = m
-                return start, start + int(m.embed_dim)
+                return m, (start, start + int(m.embed_dim))
             start += int(m.embed_dim)
-        self.log.warning("audio model %s is not part of the library's model %s; using %s", name,
-                         getattr(emb, "name", "?"), getattr(emb, "name", "?"))
         return None
 
     # ---- shared services

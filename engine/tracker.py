@@ -376,8 +376,8 @@ class Tracker:
         jump = 1.0 - (1.0 - cfg.jump_p) ** steps
         kern, d_min = advance_kernel(delta, sd, back)
         pred = transition(c.alpha, kern, d_min, jump, self._jump_target(p))
-        if eng_fusion := getattr(self.engine, "fusion", None):
-            s = fused_similarity(p.emb, h.q, eng_fusion, c.tempo_px_s / p.hop_px)
+        if self.engine.fusion is not None:
+            s = fused_similarity(p.emb, h.q, self.engine.fusion, c.tempo_px_s / p.hop_px)
         else:
             s = p.emb @ h.q
         ref = h.ref if self.fixed is None else float(s.max())
