@@ -27,6 +27,11 @@ their real scanned editions (``shared/data/joplin``: 1-bit 300-dpi PDF scans).
   within +-1 system (strip order); identify mode also: share of results tracking the right
   piece, time to identify (from the first onset until the right piece is named and stays).
 
+* ``--out-of-library``: instead, each piece's audio against the library *without* that piece
+  (what a monitor hears when the music is not in its library): the share of 10 s stretches in
+  which some piece is named (as ``scorestream eval``'s unknown measure) and of results naming
+  one; writes ``real_joplin_ool[_TAG].*``. The cost side of a lower evidence allowance.
+
 Audio, truth and embeddings are cached under ``data/real_joplin/`` (gitignored). Writes
 ``benchmarks/results/real_joplin.json`` and ``real_joplin.md``.
 
@@ -447,6 +452,57 @@ def markdown(res: dict) -> str:
     return "\n".join(L) + "\n"
 
 
+def out_of_library(engine, lib, pid: str, ws, emb, config) -> dict:
+    """The piece's audio identified within the library without the piece: how often something is named."""
+    from scorestream.engine.engine import Engine
+    from scorestream.engine.evaluation import UNKNOWN_STRETCH_S
+
+    without = Engine(lib, tracker_config=config, pieces=[p.id for p in engine.pieces if p.id != pid])
+    tr = without.new_tracker(None)
+    res = [tr.update(w, e) for w, e in zip(ws, emb)]
+    end = max((r.t for r in res), default=0.0)
+    n = max(1, int(end // UNKNOWN_STRETCH_S))
+    named = np.zeros(n, bool)
+    for r in res:
+        named[min(n - 1, int(r.t // UNKNOWN_STRETCH_S))] |= r.state == "tracking"
+    who: dict[str, int] = {}
+    for r in res:
+        if r.state == "tracking":
+            who[r.piece] = who.get(r.piece, 0) + 1
+    return {"id": pid, "results": len(res), "stretches": n, "named_stretches": int(named.sum()),
+            "named_results": sum(who.values()), "named_share": sum(who.values()) / max(len(res), 1),
+            "most_named": max(who, key=who.get) if who else None}
+
+
+def write_out_of_library(a, stem: str, cmd: str, engine, rows: list, skipped: dict) -> int:
+    st = sum(r["stretches"] for r in rows)
+    share = sum(r["named_stretches"] for r in rows) / max(st, 1)
+    res_share = sum(r["named_results"] for r in rows) / max(sum(r["results"] for r in rows), 1)
+    res = {"command": cmd, "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+           "machine": f"this machine: {os.cpu_count()} cores, CPU only, Python {platform.python_version()}, "
+                      f"model {getattr(engine.embedder, 'name', '?')}",
+           "tracker_overrides": a.tracker, "library": str(a.library), "library_pieces": len(engine.pieces),
+           "measure": "each piece's audio identified within the library without that piece",
+           "stretches": st, "false_identification_share": share, "named_results_share": res_share,
+           "skipped": skipped, "pieces": rows}
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=float))
+    over = ", ".join(a.tracker) or "none (configs/tracker.toml)"
+    L = [f"# Joplin audio not in the library: how often a piece is named anyway\n",
+         f"`{cmd}`  \n{res['date']}, {res['machine']}; tracker overrides: {over}\n",
+         f"Each of {len(rows)} pieces' audio (as real_joplin.py) identified within `{a.library}` minus that piece "
+         f"({len(engine.pieces) - 1} scans). A 10 s stretch counts as a false identification when any result in it names a piece.\n",
+         "| pieces | 10 s stretches | stretches with a piece named | results naming a piece |", "|---|---|---|---|",
+         f"| {len(rows)} | {st} | {100 * share:.1f} % | {100 * res_share:.1f} % |", "",
+         "| piece | stretches | named | results naming a piece | most often named |", "|---|---|---|---|---|"]
+    L += [f"| {r['id']} | {r['stretches']} | {r['named_stretches']} | {100 * r['named_share']:.1f} % | {r['most_named'] or '–'} |"
+          for r in rows]
+    md = "\n".join(L) + "\n"
+    (a.out / f"{stem}.md").write_text(md)
+    print(md)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("SCORESTREAM_DATA", "/work/shared/data")))
@@ -462,10 +518,13 @@ def main(argv=None) -> int:
                     help="override a configs/tracker.toml setting (diagnostics; results then go to real_joplin_<tag>.*)")
     ap.add_argument("--tag", default=None, help="suffix of the result files")
     ap.add_argument("--jsonl", action="store_true", help="also keep every result under data/real_joplin/results/")
+    ap.add_argument("--out-of-library", action="store_true",
+                    help="each piece's audio against the library without it: how often a piece is named (real_joplin_ool*)")
     a = ap.parse_args(argv)
     if a.library is None:
         a.library = REPO / "data" / ("lib_joplin_engraved" if a.engraved else "lib_joplin")
-    stem = ("real_joplin_engraved" if a.engraved else "real_joplin") + (f"_{a.tag}" if a.tag else "")
+    stem = ("real_joplin_engraved" if a.engraved else "real_joplin") + ("_ool" if a.out_of_library else "") + \
+        (f"_{a.tag}" if a.tag else "")
     todo = pairs(a.data)
     if a.pieces:
         want = set(a.pieces.split(","))
@@ -509,6 +568,13 @@ def main(argv=None) -> int:
         t0 = time.time()
         ws, emb = windows_and_embeddings(engine, audio, key)
         t_emb = time.time() - t0
+        if a.out_of_library:
+            rows.append(out_of_library(engine, lib, pid, ws, emb, config_with(a.tracker)))
+            r = rows[-1]
+            print(f"[{n + 1}/{len(todo)}] {pid} not in the library: named in {r['named_stretches']}/{r['stretches']} "
+                  f"stretches of 10 s, {100 * r['named_share']:.1f} % of results (most named: {r['most_named']})  "
+                  f"[{time.time() - t0:.0f} s, total {time.time() - t_start:.0f} s]", flush=True)
+            continue
         music = bar_music(kern)
         onsets = onsets_of(kern, seed)          # truth (seconds, system, bar); the same times as the cached audio's
         truth_map, det_index, sysinfo = system_map(engine, pid, kern["systems"], not a.engraved)
@@ -531,9 +597,11 @@ def main(argv=None) -> int:
               f"{100 * i['system_accuracy']:.1f} %, tracking {100 * i['tracking_share']:.1f} %, "
               f"identified after {i['time_to_identify_s']} s  [{time.time() - t0:.0f} s, total {time.time() - t_start:.0f} s]",
               flush=True)
+    cmd = " ".join([".venv/bin/python", "benchmarks/real_joplin.py"] + (argv if argv is not None else sys.argv[1:]))
+    if a.out_of_library:
+        return write_out_of_library(a, stem, cmd, engine, rows, skipped)
     groups = {"all": rows, "match": [r for r in rows if r["systems"]["counts_match"]],
               "ambiguous": [r for r in rows if not r["systems"]["counts_match"]]}
-    cmd = " ".join([".venv/bin/python", "benchmarks/real_joplin.py"] + (argv if argv is not None else sys.argv[1:]))
     res = {"command": cmd, "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
            "machine": f"{platform.node() and 'this machine'}: {os.cpu_count()} cores, CPU only, Python {platform.python_version()}, "
                       f"model {getattr(engine.embedder, 'name', '?')}",
