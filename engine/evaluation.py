@@ -96,11 +96,32 @@ class EmbeddingCache:
         return ws, emb
 
 
-def run_take(engine, ws, emb, *, piece: str | None, config=None) -> tuple[list[dict], float]:
+def run_take(engine, ws, emb, *, piece: str | None, config=None, votes: list | None = None) -> tuple[list[dict], float]:
+    """The take's results (JSON dicts) and the tracker's seconds per update. ``votes``: a list that
+    receives, per result, the vote-only answer (:func:`vote_answer`; identification only)."""
     tr = engine.new_tracker(piece, config=config)
     t0 = time.perf_counter()
-    res = [tr.update(w, e).to_json() for w, e in zip(ws, emb)]
-    return res, (time.perf_counter() - t0) / max(len(ws), 1)
+    res = []
+    for w, e in zip(ws, emb):
+        res.append(tr.update(w, e).to_json())
+        if votes is not None:
+            votes.append(vote_answer(tr, res[-1]["t"]))
+    dt = (time.perf_counter() - t0) / max(len(ws), 1)
+    return res, dt
+
+
+def vote_answer(tracker, t: float, top: int = 5) -> dict:
+    """The baseline the tracker must beat: the piece with the most kNN votes (the tracker's own
+    votes: exponential forgetting, normalised per piece), no alignment and no "unknown", as a
+    result dict that :func:`~scorestream.engine.scoring.identification` scores."""
+    v = tracker.votes
+    if not len(v) or float(v.max()) <= 0:
+        return {"t": t, "state": "unknown", "piece": None, "candidates": []}
+    k = min(top, len(v))
+    best = np.argpartition(-v, k - 1)[:k]
+    best = best[np.argsort(-v[best])]
+    ids = [tracker.engine.pieces[int(i)].id for i in best if v[i] > 0]
+    return {"t": t, "state": "tracking", "piece": ids[0], "candidates": [{"piece": i} for i in ids]}
 
 
 def evaluate_follow(engine, takes: list[Take], cache: EmbeddingCache, *, mode: str = "identify", config=None,
@@ -109,13 +130,15 @@ def evaluate_follow(engine, takes: list[Take], cache: EmbeddingCache, *, mode: s
     per, pooled, ms = [], [], []
     for i, tk in enumerate(takes):
         ws, emb = cache.get(tk)
-        res, dt = run_take(engine, ws, emb, piece=tk.piece if mode == "piece" else None, config=config)
+        votes = [] if mode != "piece" else None
+        res, dt = run_take(engine, ws, emb, piece=tk.piece if mode == "piece" else None, config=config, votes=votes)
         e = follow_errors(res, tk.events, piece=tk.piece)
         s = follow_summary(e)
         d = {"take": tk.name, **s, "tracked_to_end": tracked_to_end(e), "ms_per_update": dt * 1e3,
              "page_turns": page_turns(res, tk.events, piece=tk.piece)}
         if mode != "piece":
             d["identification"] = identification(res, tk.piece)
+            d["identification_votes"] = identification(votes, tk.piece)
             if tk.events:        # "stays" only while the music plays (up to the last onset)
                 d["identification"]["time_to_identify_playing_s"] = identification(
                     res, tk.piece, end=float(tk.events[-1][0]), checkpoints=())["time_to_identify_s"]
@@ -141,6 +164,14 @@ def evaluate_follow(engine, takes: list[Take], cache: EmbeddingCache, *, mode: s
         ttp = [d["identification"].get("time_to_identify_playing_s") for d in per]
         idn["time_to_identify_playing_median_s"] = float(np.median([x if x is not None else np.inf for x in ttp]))
         idn["never_identified_playing"] = int(sum(x is None for x in ttp))
+        vot = {}
+        for c in ("5s", "10s", "30s"):
+            vals = [d["identification_votes"][c] for d in per if d["identification_votes"][c] is not None]
+            vot[c] = {k: float(np.mean([v[k] for v in vals])) for k in ("top1", "top5", "rr")} if vals else None
+        vt = [d["identification_votes"]["time_to_identify_s"] for d in per]
+        vot["time_to_identify_median_s"] = float(np.median([x if x is not None else np.inf for x in vt]))
+        vot["never_identified"] = int(sum(x is None for x in vt))
+        idn["votes_only"] = vot
         out["identification"] = idn
     return out
 

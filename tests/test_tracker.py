@@ -282,3 +282,32 @@ def test_a_tracker_config_file_holds_only_what_it_changes(tmp_path):
     f.write_text("[tracker]\nno_such_setting = 1\n")
     with pytest.raises(ConfigError, match="no_such_setting"):
         load_tracker_config(f)
+
+
+def test_identify_evaluation_reports_the_vote_only_baseline(engine, test_library):  # noqa: F811
+    """``scorestream eval identify``'s machinery on a real take: the tracker's scores and, beside them,
+    the plain kNN-vote leader (the baseline the issue asks the tracker to beat), both scored against
+    the take's own truth."""
+    from scorestream.core.frontend import FrontEndConfig, spectrogram
+    from scorestream.engine import evaluation as ev
+
+    wav, samples, sr = _audio(test_library, PIANO)
+    assert sr == FrontEndConfig().sample_rate
+    take = ev.Take("k545", PIANO, spectrogram(samples.mean(axis=1) if samples.ndim > 1 else samples, FrontEndConfig()),
+                   mf.truth(wav)["events"])
+    out = ev.evaluate_follow(engine, [take], ev.EmbeddingCache(engine, None), mode="identify")
+    idn = out["identification"]
+    votes = idn["votes_only"]
+    for c in ("5s", "10s", "30s"):
+        assert set(votes[c]) == {"top1", "top5", "rr"} and 0.0 <= votes[c]["rr"] <= 1.0
+    # the right piece leads the votes by 30 s (and a 5-piece library always has it in the top 5)
+    assert votes["30s"]["top1"] == 1.0 and votes["30s"]["top5"] == 1.0
+    assert votes["time_to_identify_median_s"] < 30.0
+    assert idn["30s"]["top1"] == 1.0
+    # the per-take vote answers name only library pieces, best first
+    answers: list = []
+    ws, emb = ev.EmbeddingCache(engine, None).get(take)
+    ev.run_take(engine, ws, emb, piece=None, votes=answers)
+    assert len(answers) == len(ws)
+    named = [a for a in answers if a["state"] == "tracking"]
+    assert named and all(a["piece"] == a["candidates"][0]["piece"] and a["piece"] in engine.by_id for a in named)

@@ -125,12 +125,18 @@ def _engine_eval(a: argparse.Namespace) -> int:
              f"{100 * p['within_1s']:.1f} % | {100 * p['within_2s']:.1f} % | {100 * res['tracked_to_end']:.1f} % |"]
     if "identification" in res:
         idn = res["identification"]
-        lines += ["", "| after | top-1 | top-5 | MRR |", "|---|---|---|---|"]
+        vo = idn.get("votes_only") or {}
+        lines += ["", "| after | top-1 | top-5 | MRR | votes only: top-1 | top-5 | MRR |", "|---|---|---|---|---|---|---|"]
         for c in ("5s", "10s", "30s"):
             if idn[c]:
-                lines.append(f"| {c} | {100 * idn[c]['top1']:.1f} % | {100 * idn[c]['top5']:.1f} % | {idn[c]['rr']:.3f} |")
+                v = vo.get(c)
+                lines.append(f"| {c} | {100 * idn[c]['top1']:.1f} % | {100 * idn[c]['top5']:.1f} % | {idn[c]['rr']:.3f} | "
+                             + (f"{100 * v['top1']:.1f} % | {100 * v['top5']:.1f} % | {v['rr']:.3f} |" if v else "– | – | – |"))
         lines.append(f"\nmedian time to identify (and stay): {idn['time_to_identify_median_s']:.1f} s; "
                      f"never identified: {idn['never_identified']} of {res['takes']}")
+        if vo:
+            lines.append(f"votes only (the most kNN votes, no alignment, never 'unknown'): median time until the right piece "
+                         f"leads and stays {vo['time_to_identify_median_s']:.1f} s; never: {vo['never_identified']}")
     table = "\n".join(lines)
     print(table)
     if a.json:
