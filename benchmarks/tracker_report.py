@@ -56,6 +56,11 @@ def _follow_rows(tag: str, r: dict | None) -> list[str]:
             rows.append(f"| {tag} | identify, {r.get('pieces_in_library')} pieces | top-1 after 5 / 10 / 30 s | {cells} | >= 97 % at 10 s (>= 1,000 pieces) |")
             rows.append(f"| {tag} | identify | median time to identify; never | {_s(idn['time_to_identify_median_s'])}; "
                         f"{idn['never_identified']} | <= 4 s |")
+            vo = idn.get("votes_only")
+            if vo:      # the baseline: the kNN-vote leader, no alignment, never "unknown"
+                cells = " / ".join(_pct(vo[c]["top1"]) if vo.get(c) else "–" for c in ("5s", "10s", "30s"))
+                rows.append(f"| {tag} | identify, votes only (baseline: never 'unknown') | top-1 after 5 / 10 / 30 s; median time "
+                            f"to lead; never | {cells}; {_s(vo['time_to_identify_median_s'])}; {vo['never_identified']} | – |")
             if "time_to_identify_playing_median_s" in idn:
                 rows.append(f"| {tag} | identify, 'stays' only while the music plays | median time to identify; never | "
                             f"{_s(idn['time_to_identify_playing_median_s'])}; {idn['never_identified_playing']} | <= 4 s |")
@@ -84,6 +89,9 @@ def markdown(folder: Path) -> str:
     for extra in ("tracker_test_structure.json", "tracker_test_radio.json"):
         test.update({k: v for k, v in (_load(folder, extra) or {}).items() if k in ("structure", "radio")})
     rows += _follow_rows("test (203 pieces, held-out timbre)", test)
+    # the first 100 test takes again, 2026-12-08, with the vote-only baseline beside the tracker
+    rows += _follow_rows("test, first 100 takes", _load(folder, "tracker_test_identify100_203.json"))
+    rows += _follow_rows("test, first 100 takes, 1,000-piece library", _load(folder, "tracker_test_identify100_1000.json"))
     valid = _load(folder, "tracker_valid.json") or {}
     valid.update({k: v for k, v in (_load(folder, "tracker_valid_radio.json") or {}).items() if k == "radio"})
     rows += _follow_rows("valid (selection)", valid)
