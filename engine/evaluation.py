@@ -154,25 +154,25 @@ def evaluate_follow(engine, takes: list[Take], cache: EmbeddingCache, *, mode: s
            "ms_per_update_median": float(np.median(ms)) if ms else None,
            "page_turns": page_turn_summary([d["page_turns"] for d in per]), "per_take": per}
     if mode != "piece" and per:
-        idn = {}
-        for c in ("5s", "10s", "30s"):
-            vals = [d["identification"][c] for d in per if d["identification"][c] is not None]
-            idn[c] = {k: float(np.mean([v[k] for v in vals])) for k in ("top1", "top5", "rr")} if vals else None
-        tti = [d["identification"]["time_to_identify_s"] for d in per]
-        idn["time_to_identify_median_s"] = float(np.median([x if x is not None else np.inf for x in tti]))
-        idn["never_identified"] = int(sum(x is None for x in tti))
+        idn = identification_summary([d["identification"] for d in per])
         ttp = [d["identification"].get("time_to_identify_playing_s") for d in per]
         idn["time_to_identify_playing_median_s"] = float(np.median([x if x is not None else np.inf for x in ttp]))
         idn["never_identified_playing"] = int(sum(x is None for x in ttp))
-        vot = {}
-        for c in ("5s", "10s", "30s"):
-            vals = [d["identification_votes"][c] for d in per if d["identification_votes"][c] is not None]
-            vot[c] = {k: float(np.mean([v[k] for v in vals])) for k in ("top1", "top5", "rr")} if vals else None
-        vt = [d["identification_votes"]["time_to_identify_s"] for d in per]
-        vot["time_to_identify_median_s"] = float(np.median([x if x is not None else np.inf for x in vt]))
-        vot["never_identified"] = int(sum(x is None for x in vt))
-        idn["votes_only"] = vot
+        idn["votes_only"] = identification_summary([d["identification_votes"] for d in per])
         out["identification"] = idn
+    return out
+
+
+def identification_summary(per_take: list[dict]) -> dict:
+    """Means of :func:`~scorestream.engine.scoring.identification`'s per-take scores at each
+    checkpoint, and the median time to identify (inf when more than half never were)."""
+    out: dict = {}
+    for c in ("5s", "10s", "30s"):
+        vals = [d[c] for d in per_take if d[c] is not None]
+        out[c] = {k: float(np.mean([v[k] for v in vals])) for k in ("top1", "top5", "rr")} if vals else None
+    tti = [d["time_to_identify_s"] for d in per_take]
+    out["time_to_identify_median_s"] = float(np.median([x if x is not None else np.inf for x in tti]))
+    out["never_identified"] = int(sum(x is None for x in tti))
     return out
 
 
