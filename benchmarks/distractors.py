@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import random
 import shutil
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,8 +96,16 @@ def main(argv=None) -> int:
             if k + ENGRAVE_AHEAD < len(todo):
                 ahead[k + ENGRAVE_AHEAD] = submit(k + ENGRAVE_AHEAD)
             try:
-                pages = ahead.pop(k).result()
+                pages = ahead.pop(k).result(timeout=cfg.timeout_s)
                 lib.add(pid, pages, title=src.stem)
+            except (BrokenProcessPool, FuturesTimeout) as exc:
+                # the engraving process died or hangs on this score: skip it from now on, and stop
+                # (the pool cannot be trusted); running the command again resumes after it
+                with failed_tsv.open("a") as fh:
+                    fh.write(f"{pid}\t{type(exc).__name__}: the engraver died or hung\n")
+                print(f"stopped at {pid}: the engraving process died or hung ({type(exc).__name__}); "
+                      "run the same command again to go on without it", flush=True)
+                os._exit(3)
             except Exception as exc:      # a score verovio cannot engrave, or without detectable staves
                 with failed_tsv.open("a") as fh:
                     fh.write(f"{pid}\t{type(exc).__name__}: {str(exc)[:200]}\n")
