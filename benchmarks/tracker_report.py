@@ -92,6 +92,7 @@ def markdown(folder: Path) -> str:
     # the first 100 test takes again, 2026-12-08, with the vote-only baseline beside the tracker
     rows += _follow_rows("test, first 100 takes", _load(folder, "tracker_test_identify100_203.json"))
     rows += _follow_rows("test, first 50 takes, 1,000-piece library", _load(folder, "tracker_test_identify50_1000.json"))
+    rows += _follow_rows("test, first 100 takes, 1,000-piece library", _load(folder, "tracker_test_identify100_1000.json"))
     valid = _load(folder, "tracker_valid.json") or {}
     valid.update({k: v for k, v in (_load(folder, "tracker_valid_radio.json") or {}).items() if k == "radio"})
     rows += _follow_rows("valid (selection)", valid)
