@@ -43,11 +43,13 @@ ENGRAVE_AHEAD = 3      # pieces engraved ahead of the one being added
 def engrave_pages(source: Path, piece_id: str, folder: Path, max_pages: int) -> list[Path]:
     from PIL import Image
 
-    from scorestream.models.corpus.engrave import EngravingStyle, load_score, new_toolkit, rasterize
+    from scorestream.models.corpus.build import _toolkit
+    from scorestream.models.corpus.engrave import EngravingStyle, load_score, rasterize
     from scorestream.models.corpus.scorefile import load_for_engraving
 
     rng = random.Random(int(hashlib.sha256(piece_id.encode()).hexdigest()[:8], 16))
-    tk = new_toolkit()
+    tk = _toolkit()          # one verovio toolkit per process, as the corpus generator keeps it
+    tk.setOptions({"transpose": ""})
     n = load_score(tk, load_for_engraving(source, keyboard=True), EngravingStyle.random(rng))
     if n > max_pages:
         raise ValueError(f"{n} pages (more than {max_pages})")
